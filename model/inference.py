@@ -1,0 +1,114 @@
+"""Inference on a device: crops in, image-space landmarks and confidences out (network + codec + geometry).
+
+Used by the service's batcher and by ``training.evaluate``, so the decode path exists once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+from torch import Tensor
+
+from model.codec import Calibration, decode
+from model.config import ModelConfig
+from model.geometry import heatmap_to_image
+from model.network import LandmarkNet, normalize_input
+
+Precision = Literal["fp32", "bf16", "fp16"]
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    """``auto`` -> CUDA when available, else CPU; anything else is passed to ``torch.device``."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    resolved = torch.device(device)
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' requested but CUDA is not available")
+    return resolved
+
+
+def cpu_supports_bf16() -> bool:
+    """True on CPUs with native bf16 dot products (AVX512-BF16 or AMX), where bf16 autocast pays off."""
+    probe = getattr(torch.cpu, "_is_avx512_bf16_supported", None)
+    amx = getattr(torch.cpu, "_is_amx_tile_supported", None)
+    return bool((probe is not None and probe()) or (amx is not None and amx()))
+
+
+@dataclass
+class LandmarkOutput:
+    """Per-face results, all on CPU: ``points`` (N, K, 2) image pixels, ``confidence`` (N, K) in [0, 1].
+
+    ``coarse_points`` holds the stage-1 (H0) result when requested.
+    """
+
+    points: Tensor
+    confidence: Tensor
+    coarse_points: Tensor | None = None
+    coarse_confidence: Tensor | None = None
+
+
+@dataclass
+class InferenceModel:
+    """A network in eval mode on its device, with the precision and calibration it serves with."""
+
+    net: LandmarkNet
+    config: ModelConfig
+    device: torch.device
+    precision: Precision = "fp32"
+    channels_last: bool = False
+    calibration: Calibration | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    def _autocast(self) -> contextlib.AbstractContextManager[Any]:
+        if self.precision == "fp32":
+            return contextlib.nullcontext()
+        dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
+        return torch.autocast(self.device.type, dtype=dtype)
+
+    @torch.inference_mode()
+    def __call__(self, crops: Tensor, inverse_matrices: Tensor, with_coarse: bool = False) -> LandmarkOutput:
+        """Run a batch.
+
+        Args:
+            crops: ``(N, S, S, 3)`` uint8 RGB crops made with :func:`model.geometry.crop_matrix`.
+            inverse_matrices: ``(N, 2, 3)`` crop -> image affines.
+            with_coarse: also decode stage 1 (H0), for evaluation.
+        """
+        x = normalize_input(crops.to(self.device, non_blocking=True))
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with self._autocast():
+            heatmaps = self.net(x)
+        stride = self.config.heatmap_stride
+        inverse = inverse_matrices.to(self.device)
+        points, confidence = decode(heatmaps.refined, self.calibration)
+        out = LandmarkOutput(heatmap_to_image(points, inverse, stride).cpu(), confidence.cpu())
+        if with_coarse:
+            coarse, coarse_conf = decode(heatmaps.coarse, self.calibration)
+            out.coarse_points = heatmap_to_image(coarse, inverse, stride).cpu()
+            out.coarse_confidence = coarse_conf.cpu()
+        return out
+
+
+def prepare(
+    net: LandmarkNet,
+    config: ModelConfig,
+    device: str | torch.device = "auto",
+    precision: Precision = "fp32",
+    channels_last: bool | None = None,
+    calibration: Calibration | None = None,
+    metadata: dict[str, Any] | None = None,
+) -> InferenceModel:
+    """Move a network to its device in eval mode. ``channels_last`` defaults to on for bf16/fp16 or CUDA."""
+    dev = device if isinstance(device, torch.device) else resolve_device(device)
+    if precision == "fp16" and dev.type != "cuda":
+        raise ValueError("fp16 autocast is for CUDA; use bf16 on CPU")
+    if channels_last is None:
+        channels_last = precision != "fp32" or dev.type == "cuda"
+    net = net.to(dev).eval()
+    if channels_last:
+        net = net.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+    return InferenceModel(net, config, dev, precision, channels_last, calibration, metadata or {})

@@ -1,0 +1,92 @@
+import dataclasses
+
+import pytest
+import torch
+
+from model.checkpoint import CheckpointError, load_checkpoint, load_for_inference, save_checkpoint
+from model.geometry import crop_matrix, invert
+from model.network import build_model
+from tests.conftest import tiny_config
+
+
+def test_save_load_round_trip(tmp_path):
+    config = tiny_config()
+    model = build_model(config)
+    path = tmp_path / "m.pt"
+    save_checkpoint(path, model, config, {"name": "t", "calibration": {"xs": [0.0, 1.0], "ys": [0.1, 0.9]}})
+    loaded, loaded_config, metadata = load_checkpoint(path, expected=config)
+    assert loaded_config == config
+    assert metadata["name"] == "t"
+    for (k, a), (_, b) in zip(model.state_dict().items(), loaded.state_dict().items(), strict=True):
+        assert torch.equal(a, b), k
+
+
+def test_mismatched_config_is_refused_with_a_clear_message(tmp_path):
+    config = tiny_config()
+    path = tmp_path / "m.pt"
+    save_checkpoint(path, build_model(config), config)
+    with pytest.raises(CheckpointError, match="another config.*dsc_width"):
+        load_checkpoint(path, expected=dataclasses.replace(config, dsc_width=16))
+
+
+@pytest.mark.parametrize("content", [b"", b"not a checkpoint at all", b"PK\x03\x04garbage"])
+def test_corrupt_files_raise_checkpoint_error(tmp_path, content):
+    path = tmp_path / "bad.pt"
+    path.write_bytes(content)
+    with pytest.raises(CheckpointError, match="bad.pt"):
+        load_checkpoint(path)
+
+
+def test_missing_file_and_foreign_payloads(tmp_path):
+    with pytest.raises(CheckpointError, match="does not exist"):
+        load_checkpoint(tmp_path / "nope.pt")
+    foreign = tmp_path / "foreign.pt"
+    torch.save({"model": {}}, foreign)
+    with pytest.raises(CheckpointError, match="format"):
+        load_checkpoint(foreign)
+
+
+def test_weights_that_do_not_fit_the_config_are_refused(tmp_path):
+    config = tiny_config()
+    path = tmp_path / "m.pt"
+    save_checkpoint(path, build_model(dataclasses.replace(config, dsc_width=16)), config)
+    with pytest.raises(CheckpointError, match="weights do not fit"):
+        load_checkpoint(path)
+
+
+def test_load_for_inference_returns_image_space_points(tmp_path):
+    config = tiny_config()
+    path = tmp_path / "m.pt"
+    save_checkpoint(path, build_model(config), config, {"calibration": {"xs": [0.0, 1.0], "ys": [0.0, 0.5]}})
+    engine = load_for_inference(path, device="auto")
+    assert engine.device.type in ("cpu", "cuda")
+    assert not engine.net.training
+    box = [50.0, 60.0, 150.0, 170.0]
+    m = crop_matrix(torch.tensor(box).numpy(), config.input_size)
+    crops = torch.randint(0, 255, (3, config.input_size, config.input_size, 3), dtype=torch.uint8)
+    inv = torch.tensor(invert(m), dtype=torch.float32).expand(3, 2, 3)
+    out = engine(crops, inv, with_coarse=True)
+    assert out.points.shape == (3, 68, 2)
+    assert out.confidence.shape == (3, 68)
+    assert out.coarse_points is not None
+    assert out.coarse_points.shape == (3, 68, 2)
+    assert (out.confidence <= 0.5).all()  # the stored calibration is applied
+    # Points lie in the crop window mapped back to the image.
+    side = 110 * 1.25
+    assert (out.points[..., 0] > 100 - side / 2 - 1).all()
+    assert (out.points[..., 0] < 100 + side / 2 + 1).all()
+
+
+def test_bf16_channels_last_matches_fp32_closely(tmp_path):
+    config = tiny_config()
+    path = tmp_path / "m.pt"
+    torch.manual_seed(0)
+    save_checkpoint(path, build_model(config), config)
+    crops = torch.randint(0, 255, (2, config.input_size, config.input_size, 3), dtype=torch.uint8)
+    inv = torch.eye(2, 3).expand(2, 2, 3)
+    fp32 = load_for_inference(path, device="cpu")(crops, inv)
+    bf16 = load_for_inference(path, device="cpu", precision="bf16")(crops, inv)
+    assert bf16.points.shape == fp32.points.shape
+    assert torch.isfinite(bf16.points).all()
+    with pytest.raises(ValueError, match="fp16"):
+        load_for_inference(path, device="cpu", precision="fp16")

@@ -1,0 +1,55 @@
+import pytest
+import torch
+
+from model.codec import Calibration, decode, encode
+
+
+def test_encode_decode_round_trip_is_sub_pixel():
+    gen = torch.Generator().manual_seed(0)
+    points = 2 + torch.rand(8, 68, 2, generator=gen) * 27  # non-integer, inside a 32x32 map
+    heatmaps = encode(points, size=32, sigma=1.5)
+    assert heatmaps.shape == (8, 68, 32, 32)
+    decoded, confidence = decode(heatmaps)
+    assert (decoded - points).abs().max() < 0.05
+    assert ((confidence > 0.7) & (confidence <= 1.0)).all()
+
+
+def test_encode_peak_is_one_on_a_pixel_centre_and_has_no_rounding():
+    hm = encode(torch.tensor([[[5.0, 7.0], [5.3, 7.0]]]), size=16, sigma=1.0)
+    assert hm[0, 0, 7, 5] == pytest.approx(1.0)
+    assert hm[0, 1, 7, 5] == pytest.approx(torch.exp(torch.tensor(-0.09 / 2)).item(), rel=1e-5)
+
+
+def test_non_finite_points_give_empty_maps():
+    hm = encode(torch.tensor([[float("nan"), 3.0]]), size=8, sigma=1.0)
+    assert hm.abs().max() == 0
+
+
+def test_decode_on_border_and_noise_stays_finite_and_in_range():
+    hm = torch.randn(3, 68, 32, 32)
+    hm[0, 0] = 0
+    hm[0, 0, 0, 31] = 0.5
+    points, confidence = decode(hm)
+    assert torch.isfinite(points).all()
+    assert (points >= -0.5).all()
+    assert (points <= 31.5).all()
+    assert ((confidence >= 0) & (confidence <= 1)).all()
+    assert points[0, 0].tolist() == [31.0, 0.0]
+
+
+def test_decode_keeps_device_and_leading_shape():
+    hm = encode(torch.tensor([[[[4.2, 6.7]]]]), size=12, sigma=1.0)  # (1, 1, 1, 12, 12)
+    points, confidence = decode(hm)
+    assert points.shape == (1, 1, 1, 2)
+    assert confidence.shape == (1, 1, 1)
+    assert points.device == hm.device
+
+
+def test_calibration_is_monotone_piecewise_linear_and_validated():
+    cal = Calibration(xs=(0.0, 0.5, 1.0), ys=(0.0, 0.2, 0.9))
+    out = cal(torch.tensor([-1.0, 0.25, 0.75, 2.0]))
+    torch.testing.assert_close(out, torch.tensor([0.0, 0.1, 0.55, 0.9]))
+    with pytest.raises(ValueError, match="increasing"):
+        Calibration(xs=(0.0, 0.0), ys=(0.0, 1.0))
+    with pytest.raises(ValueError, match="non-decreasing"):
+        Calibration(xs=(0.0, 1.0), ys=(0.5, 0.1))
