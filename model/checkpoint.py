@@ -10,6 +10,7 @@ Every failure to load raises :class:`CheckpointError` with a message that names 
 
 from __future__ import annotations
 
+import json
 import pickle
 import zipfile
 from pathlib import Path
@@ -34,9 +35,13 @@ def save_checkpoint(
 ) -> None:
     """Write the model weights, its configuration and metadata atomically (temporary file, then rename)."""
     path = Path(path)
+    try:  # metadata must be plain JSON types so that weights_only loading accepts it
+        metadata = json.loads(json.dumps(metadata or {}))
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"checkpoint metadata is not plain JSON: {exc}") from exc
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    payload = {"format": FORMAT, "config": config.to_dict(), "state_dict": state, "metadata": metadata or {}}
+    payload = {"format": FORMAT, "config": config.to_dict(), "state_dict": state, "metadata": metadata}
     tmp = path.with_suffix(path.suffix + ".tmp")
     torch.save(payload, tmp)
     tmp.replace(path)

@@ -81,7 +81,11 @@ class DilatedSkipConvolution(nn.Module):
     def forward(self, h0: Tensor) -> Tensor:
         """Return H_DSC for the coarse heatmaps ``h0`` of shape (N, K, h, w)."""
         features = [h0]
-        for layer in self.layers[:-1]:
-            features.append(layer(torch.cat(features, dim=1)))
-        out: Tensor = self.layers[-1](torch.cat(features, dim=1))
-        return out
+        for layer in self.layers:
+            x = torch.cat(features, dim=1)
+            if self.training:
+                # oneDNN (torch 2.13 CPU) returns non-finite bf16 weight gradients for channels_last inputs at
+                # dilations 4 and 8; NCHW inputs are exact. Inference keeps the faster layout.
+                x = x.contiguous()
+            features.append(layer(x))
+        return features[-1]

@@ -15,7 +15,7 @@ from torch import Tensor
 from model.codec import Calibration, decode
 from model.config import ModelConfig
 from model.geometry import heatmap_to_image
-from model.network import LandmarkNet, normalize_input
+from model.network import LandmarkNet, normalize_input, to_channels_last
 
 Precision = Literal["fp32", "bf16", "fp16"]
 
@@ -110,5 +110,5 @@ def prepare(
         channels_last = precision != "fp32" or dev.type == "cuda"
     net = net.to(dev).eval()
     if channels_last:
-        net = net.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+        to_channels_last(net)
     return InferenceModel(net, config, dev, precision, channels_last, calibration, metadata or {})

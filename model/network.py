@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+import torch
 from torch import Tensor, nn
 
 from model.config import ModelConfig
@@ -59,3 +60,13 @@ PIXEL_SCALE = 1.0 / 127.5
 def normalize_input(images_uint8_nhwc: Tensor) -> Tensor:
     """``(N, S, S, 3)`` uint8 RGB crops -> ``(N, 3, S, S)`` float32 network input in [-1, 1]."""
     return (images_uint8_nhwc.permute(0, 3, 1, 2).float() - PIXEL_MEAN) * PIXEL_SCALE
+
+
+def to_channels_last(net: LandmarkNet) -> LandmarkNet:
+    """Switch the FC-DenseNet subnet to NHWC weights (faster with bf16 and on GPUs); returns ``net``.
+
+    The refiner stays NCHW: oneDNN in torch 2.13 returns non-finite bf16 weight gradients for channels_last
+    dilated convolutions (dilations 4 and 8); see ``tests/model/test_network.py``.
+    """
+    net.lai.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+    return net

@@ -6,7 +6,7 @@ import torch.nn.functional as F  # noqa: N812
 
 from model.config import ModelConfig, cpu, paper, paper_s4, preset
 from model.dsc import KernelConvolution, gaussian_kernel_2d
-from model.network import build_model
+from model.network import build_model, to_channels_last
 from tests.conftest import tiny_config
 
 
@@ -101,3 +101,15 @@ def test_config_validation():
         preset("nope")
     with pytest.raises(ValueError, match="unknown model config keys"):
         ModelConfig.from_dict({"bogus": 1})
+
+
+def test_bf16_channels_last_training_step_has_finite_gradients():
+    # Regression: oneDNN gave non-finite bf16 weight gradients for channels_last dilated convs (d = 4, 8).
+    torch.manual_seed(0)
+    model = to_channels_last(build_model(cpu())).train()
+    x = torch.randn(2, 3, 128, 128).contiguous(memory_format=torch.channels_last)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(x)
+    (out.refined.float().square().sum() + out.coarse.float().square().sum()).backward()
+    bad = [n for n, p in model.named_parameters() if p.grad is None or not torch.isfinite(p.grad).all()]
+    assert bad == []

@@ -1,0 +1,97 @@
+import numpy as np
+import pytest
+
+from model.landmarks import MIRROR
+from tests.conftest import tiny_config
+from tests.training.fixtures import make_300w, make_300w_lp, make_aflw2000
+from training.datasets import (
+    DataError,
+    LandmarkDataset,
+    load_samples,
+    read_300w,
+    read_300w_lp,
+    read_aflw2000,
+    read_pts,
+    write_pts,
+)
+
+
+def test_pts_round_trip_and_one_based_convention(tmp_path):
+    pts = np.array([[0.0, 0.0], [10.25, 3.5]])
+    write_pts(tmp_path / "a.pts", pts)
+    assert "1.000 1.000" in (tmp_path / "a.pts").read_text()  # the 300-W files are 1-based
+    np.testing.assert_allclose(read_pts(tmp_path / "a.pts"), pts)
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [("version: 1\nn_points: 3\n{\n1 2\n}\n", "header says 3"), ("garbage", "not a valid"), ("", "not a valid")],
+)
+def test_malformed_pts_names_the_file(tmp_path, content, message):
+    path = tmp_path / "bad.pts"
+    path.write_text(content)
+    with pytest.raises(DataError, match=f"bad.pts.*{message}"):
+        read_pts(path)
+
+
+def test_300w_protocol_subsets(tmp_path):
+    make_300w(tmp_path, per_folder=2)
+    assert len(read_300w(tmp_path, "common")) == 4
+    assert len(read_300w(tmp_path, "challenging")) == 2
+    assert len(read_300w(tmp_path, "full")) == 6
+    train = read_300w(tmp_path, "train")
+    assert len(train) == 6
+    assert {s.subset for s in train} == {"lfpw/trainset", "helen/trainset", "afw"}
+
+
+def test_aflw2000_both_label_sets_and_pose(tmp_path):
+    truth = make_aflw2000(tmp_path, count=6)
+    pts = read_aflw2000(tmp_path, "train", "pts")
+    mat = read_aflw2000(tmp_path, "val", "mat")
+    assert [s.name for s in pts] == [f"image{i:05d}" for i in range(4)]
+    assert len(mat) == 2
+    for s in pts + mat:
+        np.testing.assert_allclose(s.points, truth[s.name], atol=1e-3)
+    assert pts[0].yaw == pytest.approx(-80.0)
+
+
+def test_300w_lp_with_flip_folders(tmp_path):
+    truth = make_300w_lp(tmp_path)
+    samples = read_300w_lp(tmp_path, subsets=("AFW",))
+    assert len(samples) == 4
+    plain = [s for s in samples if s.subset == "AFW"]
+    flipped = [s for s in samples if s.subset == "AFW_Flip"]
+    np.testing.assert_allclose(plain[0].points, truth[plain[0].name])
+    # The flipped image's points are the mirrored points, re-indexed, and its yaw changes sign.
+    expected = truth[flipped[0].name].copy()
+    expected[:, 0] = 160 - 1 - expected[:, 0]
+    np.testing.assert_allclose(flipped[0].points, expected[list(MIRROR)])
+    assert flipped[0].yaw == pytest.approx(20.0)
+    three_d = read_300w_lp(tmp_path, subsets=("AFW",), labels="pts_3d", flips=False)
+    np.testing.assert_allclose(three_d[0].points, truth[three_d[0].name] + 0.5)
+
+
+def test_missing_and_corrupt_files_are_named_or_skipped(tmp_path):
+    make_aflw2000(tmp_path, count=6)
+    (tmp_path / "images" / "image00001.pts").unlink()
+    (tmp_path / "images" / "image00002.mat").write_bytes(b"not a mat file")
+    with pytest.raises(DataError, match="image00001.pts"):
+        read_aflw2000(tmp_path, "train")
+    kept = read_aflw2000(tmp_path, "train", skip_bad=True)
+    assert [s.name for s in kept] == ["image00000", "image00003"]
+    with pytest.raises(DataError, match="split file"):
+        load_samples("aflw2000", tmp_path, "nope")
+
+
+def test_unreadable_image_fails_with_its_name(tmp_path):
+    make_aflw2000(tmp_path, count=3)
+    (tmp_path / "images" / "image00000.jpg").write_bytes(b"\xff\xd8 broken")
+    dataset = LandmarkDataset(read_aflw2000(tmp_path, "train"), tiny_config())
+    with pytest.raises(DataError, match="image00000.jpg"):
+        dataset[0]
+
+
+def test_real_aflw2000_split_reads(aflw_dir):
+    val = read_aflw2000(aflw_dir, "val")
+    assert len(val) == 200
+    assert all(s.points.shape == (68, 2) and s.yaw is not None for s in val)

@@ -1,0 +1,150 @@
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from model.checkpoint import load_for_inference
+from tests.training.fixtures import make_aflw2000
+from training import evaluate, train
+from training.config import load_config
+
+TINY = {
+    "input_size": 64,
+    "stem_channels": 8,
+    "growth_rate": 4,
+    "layers_per_block": [2, 2, 2, 2, 2],
+    "bottleneck_layers": 2,
+    "dsc_width": 8,
+    "kernel_size": 9,
+    "kernel_sigma": 0.8,
+    "heatmap_sigma": 1.2,
+}
+
+
+def write_config(tmp_path: Path, **extra: object) -> Path:
+    data = make_aflw2000(tmp_path / "data", count=6)
+    del data
+    config = {
+        "model": "cpu",
+        "model_overrides": TINY,
+        "train": {"format": "aflw2000", "root": str(tmp_path / "data"), "split": "train"},
+        "val": {"format": "aflw2000", "root": str(tmp_path / "data"), "split": "val"},
+        "optim": {"name": "adamw", "lr": 1e-3, "schedule": "cosine", "warmup_epochs": 1},
+        "epochs": 2,
+        "batch_size": 2,
+        "workers": 0,
+        "output_dir": str(tmp_path / "run"),
+        **extra,
+    }
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def run_train(config: Path, *extra: str) -> dict:
+    return train.main(train.get_args_parser().parse_args(["--config", str(config), *extra]))
+
+
+def read_log(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
+
+
+def test_two_epoch_smoke_run_then_resume(tmp_path):
+    config = write_config(tmp_path)
+    run_train(config)
+    run_dir = tmp_path / "run"
+    assert {"config.yaml", "log.jsonl", "last.pt", "last_state.pt", "best.pt"} <= {p.name for p in run_dir.iterdir()}
+    log = read_log(run_dir)
+    assert [r["epoch"] for r in log] == [0, 1]
+    assert all(r["train_loss"] > 0 and "val_nme_box" in r and "val_nme_box_stage1" in r for r in log)
+    resolved = yaml.safe_load((run_dir / "config.yaml").read_text())
+    assert resolved["optim"]["lr"] == 1e-3
+
+    run_train(config, "--resume", "--set", "epochs=3")
+    assert [r["epoch"] for r in read_log(run_dir)] == [0, 1, 2]
+    engine = load_for_inference(run_dir / "best.pt", device="cpu")
+    assert engine.metadata["training"]["epochs_done"] >= 1
+    assert "val_nme_box" in engine.metadata["metrics"]
+
+
+def test_resume_without_state_is_a_clear_error(tmp_path):
+    config = write_config(tmp_path)
+    with pytest.raises(Exception, match="last_state.pt does not exist"):
+        run_train(config, "--resume")
+
+
+def test_config_errors_are_readable(tmp_path):
+    config = write_config(tmp_path)
+    with pytest.raises(ValueError, match="optim.lr"):
+        load_config(config, ["optim.lr=-1"])
+    with pytest.raises(ValueError, match="unknown model_overrides"):
+        load_config(config, ["model_overrides.bogus=1"])
+    with pytest.raises(ValueError, match="key=value"):
+        load_config(config, ["epochs"])
+
+
+def test_distributed_gloo_replicas_stay_identical(tmp_path):
+    config = write_config(tmp_path, val=None, epochs=2)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        "29517",
+        "-m",
+        "training.train",
+        "--config",
+        str(config),
+        "--device",
+        "cpu",
+        "--threads",
+        "1",
+    ]
+    result = subprocess.run(
+        cmd, capture_output=True, text=True, timeout=300, env=env, cwd=Path(__file__).resolve().parents[2]
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    log = read_log(tmp_path / "run")
+    assert len(log) == 2
+    assert all(r["replica_spread"] == 0.0 for r in log)
+    assert "world 2" in result.stderr
+
+
+def test_evaluate_writes_report_table_plot_and_examples(tmp_path):
+    config = write_config(tmp_path, epochs=1)
+    run_train(config)
+    out = tmp_path / "eval"
+    args = evaluate.get_args_parser().parse_args(
+        [
+            "--checkpoint",
+            str(tmp_path / "run" / "best.pt"),
+            "--data",
+            str(tmp_path / "data"),
+            "--split",
+            "val",
+            "--out",
+            str(out),
+            "--save-examples",
+            "2",
+            "--device",
+            "cpu",
+        ]
+    )
+    results = evaluate.main(args)
+    assert set(results["label_sets"]) == {"pts", "mat"}
+    report = results["label_sets"]["pts"]
+    assert report["faces"] == 2
+    assert {"inter_ocular", "inter_pupil", "box"} == set(report["all"])
+    assert {"stage1", "stage2"} == set(report["all"]["box"])
+    assert "balanced_mean" in report["yaw_bins_box"]["stage2"]
+    assert (out / "report.json").is_file()
+    assert "| all | box | stage2 |" in (out / "report.md").read_text()
+    assert (out / "ced.png").read_bytes()[:4] == b"\x89PNG"
+    assert len(list((out / "examples").glob("*.png"))) == 2
