@@ -14,7 +14,10 @@ DEFAULT_CHECKPOINT = Path(__file__).resolve().parents[1] / "model" / "weights" /
 class Settings(BaseSettings):
     """Every knob of the service. Invalid values stop the service at start with the field and the reason."""
 
-    model_config = SettingsConfigDict(env_prefix="LANDMARKS_", frozen=True, protected_namespaces=())
+    # Empty variables count as unset, so Compose can pass every LANDMARKS_* through with "" as "default".
+    model_config = SettingsConfigDict(
+        env_prefix="LANDMARKS_", env_ignore_empty=True, frozen=True, protected_namespaces=()
+    )
 
     checkpoint: Path = Field(DEFAULT_CHECKPOINT, description="model checkpoint to serve")
     device: str = Field("auto", description="auto (CUDA when available, else CPU), cpu, cuda or cuda:N")

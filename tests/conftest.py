@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 import torch
 
+from model.checkpoint import save_checkpoint
 from model.config import ModelConfig
+from model.network import build_model
 
 torch.set_num_threads(2)
 
@@ -37,6 +39,20 @@ def tiny_config(**overrides: object) -> ModelConfig:
 @pytest.fixture
 def tiny() -> ModelConfig:
     return tiny_config()
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    torch.manual_seed(0)
+    config = tiny_config()
+    path = tmp_path_factory.mktemp("ckpt") / "tiny.pt"
+    save_checkpoint(
+        path,
+        build_model(config),
+        config,
+        {"name": "dsc-landmarks", "version": "tiny-test", "metrics": {"val_nme_box": 99.0}},
+    )
+    return path
 
 
 @pytest.fixture(scope="session")

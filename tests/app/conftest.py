@@ -13,25 +13,7 @@ from PIL import Image
 
 from app.main import create_app
 from app.settings import Settings
-from model.checkpoint import save_checkpoint
-from model.network import build_model
-from tests.conftest import draw_face, tiny_config
-
-
-@pytest.fixture(scope="session")
-def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    import torch
-
-    torch.manual_seed(0)
-    config = tiny_config()
-    path = tmp_path_factory.mktemp("ckpt") / "tiny.pt"
-    save_checkpoint(
-        path,
-        build_model(config),
-        config,
-        {"name": "dsc-landmarks", "version": "tiny-test", "metrics": {"val_nme_box": 99.0}},
-    )
-    return path
+from tests.conftest import draw_face
 
 
 def make_settings(checkpoint: Path, **overrides: object) -> Settings:

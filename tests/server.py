@@ -1,0 +1,69 @@
+"""Run the real service (uvicorn in a subprocess) on a free loopback port for integration tests."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def http_status(url: str, timeout: float = 2.0) -> int:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as exc:
+        return exc.code
+    except (urllib.error.URLError, OSError):
+        return 0
+
+
+@contextlib.contextmanager
+def running_server(checkpoint: Path, log_path: Path, **settings: str) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """Start ``uvicorn app.main:app`` and wait until /health/ready is 200; yields (base URL, process)."""
+    port = free_port()
+    env = {
+        **os.environ,
+        "LANDMARKS_CHECKPOINT": str(checkpoint),
+        "LANDMARKS_DEVICE": "cpu",
+        "LANDMARKS_TORCH_THREADS": "1",
+        **{f"LANDMARKS_{k.upper()}": v for k, v in settings.items()},
+    }
+    log = log_path.open("wb")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "uvicorn", "app.main:app", "--host", "127.0.0.1", "--port", str(port)],
+        cwd=ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while http_status(f"{base}/health/ready") != 200:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"server did not become ready:\n{log_path.read_text()[-3000:]}")
+            time.sleep(0.1)
+        yield base, proc
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        log.close()
