@@ -109,10 +109,22 @@ def _text(part_data: bytearray, field: str) -> str:
 
 
 async def run_request(request: Request, service: LandmarkService) -> Prediction:
-    """Read the form, validate it and run the pipeline under the request deadline."""
+    """Read the form, validate it and run the pipeline; the deadline covers all of it, body upload included."""
     settings = service.settings
     loop = asyncio.get_running_loop()
     deadline = loop.time() + settings.request_timeout_s
+    try:
+        async with asyncio.timeout_at(deadline):
+            prediction = await _run(request, service, deadline)
+    except TimeoutError:
+        raise ServiceError(504, "deadline_exceeded", "the request passed its deadline", reason="timeout") from None
+    request.state.faces = len(prediction.faces)
+    request.state.batch_sizes = prediction.batch_sizes
+    return prediction
+
+
+async def _run(request: Request, service: LandmarkService, deadline: float) -> Prediction:
+    settings = service.settings
     body = await read_body(request, settings.max_upload_bytes)
     form = parse_multipart(body, request.headers.get("content-type", ""))
     image = form.get("image")
@@ -122,15 +134,7 @@ async def run_request(request: Request, service: LandmarkService) -> Prediction:
         _text(form["max_faces"].data, "max_faces") if "max_faces" in form else None, settings.max_faces
     )
     boxes = parse_boxes(_text(form["boxes"].data, "boxes") if "boxes" in form else None, max_faces)
-    try:
-        prediction = await asyncio.wait_for(
-            service.predict(bytes(image.data), boxes, max_faces, deadline), timeout=deadline - loop.time()
-        )
-    except TimeoutError:
-        raise ServiceError(504, "deadline_exceeded", "the request passed its deadline", reason="timeout") from None
-    request.state.faces = len(prediction.faces)
-    request.state.batch_sizes = prediction.batch_sizes
-    return prediction
+    return await service.predict(bytes(image.data), boxes, max_faces, deadline)
 
 
 def to_response(prediction: Prediction, service: LandmarkService) -> LandmarksResponse:

@@ -1,0 +1,162 @@
+"""Load and fault tests against a real uvicorn process on loopback (bounded in count and time)."""
+
+from __future__ import annotations
+
+import dataclasses
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from model.checkpoint import save_checkpoint
+from model.config import cpu
+from model.network import build_model
+from tests.app.conftest import png_bytes
+from tests.conftest import tiny_config
+from tests.deploy.test_prometheus_live import post_image
+from tests.server import ROOT, free_port, http_status, running_server
+
+IMAGE = png_bytes(np.full((96, 96, 3), 120, np.uint8))
+
+
+@pytest.fixture(scope="module")
+def slow_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The real `cpu` preset (random weights): tens of ms per face, so work queues up."""
+    path = tmp_path_factory.mktemp("slow") / "cpu.pt"
+    save_checkpoint(path, build_model(cpu()), cpu(), {"version": "random-cpu"})
+    return path
+
+
+def post(base: str) -> int | str:
+    try:
+        return post_image(base, IMAGE)
+    except urllib.error.HTTPError as exc:
+        return exc.code
+    except (urllib.error.URLError, OSError) as exc:
+        return f"connection error: {exc}"
+
+
+def fire(base: str, count: int) -> tuple[list[threading.Thread], list[int | str]]:
+    results: list[int | str] = []
+    threads = [threading.Thread(target=lambda: results.append(post(base))) for _ in range(count)]
+    for t in threads:
+        t.start()
+    return threads, results
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmRSS")
+
+
+def metric(base: str, name: str) -> float:
+    with urllib.request.urlopen(f"{base}/metrics", timeout=5) as response:
+        for line in response.read().decode().splitlines():
+            if line.startswith(name + " ") or line.startswith(name + "{"):
+                return float(line.split()[-1])
+    raise AssertionError(f"{name} not exported")
+
+
+def test_4x_queue_overload_gives_only_200_or_503_and_bounded_memory(slow_checkpoint, tmp_path):
+    queue = 8
+    with running_server(
+        slow_checkpoint, tmp_path / "server.log", queue_size=str(queue), max_batch_size="4", max_wait_ms="5"
+    ) as (base, proc):
+        before = rss_mb(proc.pid)
+        for _ in range(2):  # two waves of 4x the queue
+            threads, results = fire(base, 4 * queue)
+            for t in threads:
+                t.join(timeout=120)
+            assert len(results) == 4 * queue  # every request was answered
+            assert set(results) <= {200, 503}, results
+            assert results.count(200) >= queue
+            assert 503 in results
+        assert http_status(f"{base}/health/ready") == 200
+        assert rss_mb(proc.pid) - before < 300
+        assert metric(base, "landmarks_queue_depth") == 0
+        assert metric(base, 'landmarks_rejected_requests_total{reason="queue_full"}') > 0
+
+
+def test_sigterm_under_load_answers_every_accepted_request(slow_checkpoint, tmp_path):
+    with running_server(slow_checkpoint, tmp_path / "server.log", max_batch_size="1", queue_size="64") as (
+        base,
+        proc,
+    ):
+        threads, results = fire(base, 12)
+        time.sleep(0.3)  # let them be accepted and queue up
+        proc.send_signal(signal.SIGTERM)
+        time.sleep(0.05)
+        late = post(base)
+        for t in threads:
+            t.join(timeout=120)
+        proc.wait(timeout=60)
+    assert len(results) == 12
+    assert set(results) <= {200, 503}, results
+    assert results.count(200) >= 6  # the queued ones finished after SIGTERM
+    assert late == 503 or str(late).startswith("connection error")  # refused while draining, or gone
+    log = (tmp_path / "server.log").read_text()
+    assert "drain complete" in log
+    assert proc.returncode in (0, -signal.SIGTERM)
+
+
+def raw_request(port: int, head: bytes, body: bytes) -> socket.socket:
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    sock.sendall(head + body)
+    return sock
+
+
+def test_stalled_partial_body_and_disconnects_leave_the_server_healthy(tiny_checkpoint, tmp_path):
+    with running_server(tiny_checkpoint, tmp_path / "server.log", request_timeout_s="2") as (base, _):
+        port = int(base.rsplit(":", 1)[1])
+        head = (
+            b"POST /landmarks HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\n"
+            b"Content-Length: 100000\r\n\r\n"
+        )
+        stalled = raw_request(port, head, b'--b\r\nContent-Disposition: form-data; name="image"\r\n\r\n\x89PNG')
+        gone = raw_request(port, head, b"--b\r\n")
+        gone.close()  # disconnects mid-body
+        # While one client stalls, others are served.
+        assert post(base) == 200
+        assert http_status(f"{base}/health/ready") == 200
+        # The stalled client gets a 504 at the deadline and its slot is freed.
+        stalled.settimeout(10)
+        answer = stalled.recv(4096)
+        assert b" 504 " in answer.split(b"\r\n")[0]
+        stalled.close()
+        deadline = time.monotonic() + 10
+        while metric(base, "landmarks_in_flight_requests") > 1 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert metric(base, "landmarks_in_flight_requests") <= 1  # only the /metrics request itself
+        assert post(base) == 200
+
+
+@pytest.mark.parametrize("kind", ["corrupt", "other_config"])
+def test_bad_checkpoint_refuses_to_start(tmp_path, kind):
+    path = tmp_path / "bad.pt"
+    if kind == "corrupt":
+        path.write_bytes(b"\x00" * 1000)
+    else:
+        config = tiny_config()
+        save_checkpoint(path, build_model(dataclasses.replace(config, dsc_width=4)), config)
+    port = free_port()
+    result = subprocess.run(
+        [sys.executable, "-m", "uvicorn", "app.main:app", "--host", "127.0.0.1", "--port", str(port)],
+        cwd=ROOT,
+        env={"LANDMARKS_CHECKPOINT": str(path), "LANDMARKS_DEVICE": "cpu", "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode != 0
+    assert "bad.pt" in result.stderr
+    assert ("corrupt" if kind == "corrupt" else "do not fit") in result.stderr
