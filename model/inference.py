@@ -110,5 +110,5 @@ def prepare(
         channels_last = precision != "fp32" or dev.type == "cuda"
     net = net.to(dev).eval()
     if channels_last:
-        to_channels_last(net)
+        to_channels_last(net, refiner=True)
     return InferenceModel(net, config, dev, precision, channels_last, calibration, metadata or {})

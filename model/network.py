@@ -62,11 +62,12 @@ def normalize_input(images_uint8_nhwc: Tensor) -> Tensor:
     return (images_uint8_nhwc.permute(0, 3, 1, 2).float() - PIXEL_MEAN) * PIXEL_SCALE
 
 
-def to_channels_last(net: LandmarkNet) -> LandmarkNet:
-    """Switch the FC-DenseNet subnet to NHWC weights (faster with bf16 and on GPUs); returns ``net``.
+def to_channels_last(net: LandmarkNet, refiner: bool = False) -> LandmarkNet:
+    """Switch to NHWC weights (faster with bf16 and on GPUs); returns ``net``.
 
-    The refiner stays NCHW: oneDNN in torch 2.13 returns non-finite bf16 weight gradients for channels_last
-    dilated convolutions (dilations 4 and 8); see ``tests/model/test_network.py``.
+    By default the refiner stays NCHW: for *training*, oneDNN in torch 2.13 returns non-finite bf16 weight
+    gradients for channels_last dilated convolutions (dilations 4 and 8; see ``tests/model/test_network.py``).
+    Inference is unaffected, so it passes ``refiner=True``.
     """
-    net.lai.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+    (net if refiner else net.lai).to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     return net

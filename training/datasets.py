@@ -93,7 +93,7 @@ def write_pts(path: Path, points: NDArray[np.floating]) -> None:
 
 def _load_mat(path: Path) -> dict[str, NDArray[np.float64]]:
     try:
-        return scipy.io.loadmat(str(path))  # type: ignore[no-any-return]
+        return scipy.io.loadmat(str(path))
     except (OSError, ValueError, TypeError, NotImplementedError, scipy.io.matlab.MatReadError) as exc:
         raise DataError(f"{path}: cannot read .mat ({exc})") from exc
 

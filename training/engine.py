@@ -35,7 +35,9 @@ class Amp:
 
     @property
     def precision(self) -> Precision:
-        return {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(self.dtype, "fp32")  # type: ignore[return-value]
+        if self.dtype == torch.bfloat16:
+            return "bf16"
+        return "fp16" if self.dtype == torch.float16 else "fp32"
 
 
 def train_one_epoch(

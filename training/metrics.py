@@ -14,7 +14,8 @@ from model.landmarks import LEFT_EYE, OUTER_EYE_CORNERS, RIGHT_EYE
 
 Array = NDArray[np.float64]
 
-YAW_BINS: tuple[tuple[float, float], ...] = ((0.0, 30.0), (30.0, 60.0), (60.0, 90.01))
+# The last bin is open-ended: a few AFLW2000-3D poses are fitted with |yaw| slightly above 90 degrees.
+YAW_BINS: tuple[tuple[float, float], ...] = ((0.0, 30.0), (30.0, 60.0), (60.0, float("inf")))
 
 
 def inter_ocular(gt: Array) -> Array:
@@ -87,7 +88,7 @@ def yaw_table(errors: Array, yaw_deg: Array) -> dict[str, float]:
     means = []
     for lo, hi in YAW_BINS:
         mask = (yaw >= lo) & (yaw < hi)
-        key = f"[{lo:.0f},{min(hi, 90):.0f}{')' if hi < 90 else ']'}"
+        key = f"[{lo:.0f},{hi:.0f})" if np.isfinite(hi) else f"[{lo:.0f},90]"
         table[key] = 100 * float(errors[mask].mean()) if mask.any() else float("nan")
         table[f"{key}_count"] = float(mask.sum())
         if mask.any():

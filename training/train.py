@@ -211,7 +211,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     )
     train_set = LandmarkDataset(train_samples, model_config, cfg.augment.build(), seed=cfg.seed)
     val_set = LandmarkDataset(val_samples, model_config) if val_samples else None
-    sampler = DistributedSampler(train_set, seed=cfg.seed) if run.distributed else None
+    sampler: DistributedSampler[int] | None = DistributedSampler(train_set, seed=cfg.seed) if run.distributed else None
     loader = make_loader(train_set, cfg.batch_size, cfg.workers, shuffle=True, sampler=sampler)
     steps_per_epoch = len(loader) if cfg.max_steps_per_epoch is None else min(len(loader), cfg.max_steps_per_epoch)
 
