@@ -29,7 +29,9 @@ from model.render import draw_landmarks
 
 
 async def _predict(settings: Settings, data: bytes, boxes: str | None, max_faces: str | None) -> tuple[str, bytes]:
-    predictor = await asyncio.to_thread(Predictor.load, str(settings.checkpoint), settings.device, settings.precision)
+    predictor = await asyncio.to_thread(
+        Predictor.load, str(settings.checkpoint), settings.device, settings.precision, settings.flip_test
+    )
     service = LandmarkService(settings, predictor, HaarDetector(max_side=settings.detector_max_side), Metrics())
     await service.start()
     try:

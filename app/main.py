@@ -102,7 +102,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     if settings.torch_threads:
         torch.set_num_threads(settings.torch_threads)
     # Load and check the checkpoint now: a missing, corrupt or mismatched file stops the start right here.
-    predictor = await asyncio.to_thread(Predictor.load, str(settings.checkpoint), settings.device, settings.precision)
+    predictor = await asyncio.to_thread(
+        Predictor.load, str(settings.checkpoint), settings.device, settings.precision, settings.flip_test
+    )
     detector = HaarDetector(max_side=settings.detector_max_side)
     service = LandmarkService(settings, predictor, detector, metrics)
     engine = predictor.engine

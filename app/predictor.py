@@ -44,9 +44,9 @@ class Predictor:
         self.engine = engine
 
     @classmethod
-    def load(cls, checkpoint: str, device: str, precision: str) -> Predictor:
+    def load(cls, checkpoint: str, device: str, precision: str, flip_test: bool = False) -> Predictor:
         dev = resolve_device(device)
-        return cls(load_for_inference(checkpoint, dev, resolve_precision(precision, dev)))
+        return cls(load_for_inference(checkpoint, dev, resolve_precision(precision, dev), flip_test=flip_test))
 
     @property
     def input_size(self) -> int:

@@ -103,7 +103,9 @@ def load_for_inference(
     precision: Precision = "fp32",
     channels_last: bool | None = None,
     expected: ModelConfig | None = None,
+    flip_test: bool = False,
 ) -> InferenceModel:
     """Load a checkpoint for serving: eval mode, on CUDA when available (``auto``), calibration applied."""
     net, config, metadata = load_checkpoint(path, expected)
-    return prepare(net, config, device, precision, channels_last, calibration_from_metadata(metadata), metadata)
+    calibration = calibration_from_metadata(metadata)
+    return prepare(net, config, device, precision, channels_last, calibration, metadata, flip_test)

@@ -15,7 +15,8 @@ from torch import Tensor
 from model.codec import Calibration, decode
 from model.config import ModelConfig
 from model.geometry import heatmap_to_image
-from model.network import LandmarkNet, normalize_input, to_channels_last
+from model.landmarks import MIRROR
+from model.network import Heatmaps, LandmarkNet, normalize_input, to_channels_last
 
 Precision = Literal["fp32", "bf16", "fp16"]
 
@@ -61,6 +62,7 @@ class InferenceModel:
     channels_last: bool = False
     calibration: Calibration | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
+    flip_test: bool = False  # also run the mirrored crop and average the heatmaps (2x the compute)
 
     def _autocast(self) -> contextlib.AbstractContextManager[Any]:
         if self.precision == "fp32":
@@ -82,6 +84,8 @@ class InferenceModel:
             x = x.contiguous(memory_format=torch.channels_last)
         with self._autocast():
             heatmaps = self.net(x)
+            if self.flip_test:
+                heatmaps = _average_with_flip(heatmaps, self.net(x.flip(-1)))
         stride = self.config.heatmap_stride
         inverse = inverse_matrices.to(self.device)
         points, confidence = decode(heatmaps.refined, self.calibration)
@@ -93,6 +97,20 @@ class InferenceModel:
         return out
 
 
+def _average_with_flip(plain: Heatmaps, flipped: Heatmaps) -> Heatmaps:
+    """Mirror the heatmaps of the flipped crop back (column u -> w - 1 - u, landmark i -> MIRROR[i]) and average.
+
+    Exact under the pixel convention of :mod:`model.geometry`: flipping an S-pixel crop maps crop x to S - 1 - x
+    and therefore heatmap u to S / r - 1 - u.
+    """
+    index = list(MIRROR)
+
+    def back(h: Tensor) -> Tensor:
+        return h.flip(-1)[:, index]
+
+    return Heatmaps((plain.coarse + back(flipped.coarse)) / 2, (plain.refined + back(flipped.refined)) / 2)
+
+
 def prepare(
     net: LandmarkNet,
     config: ModelConfig,
@@ -101,6 +119,7 @@ def prepare(
     channels_last: bool | None = None,
     calibration: Calibration | None = None,
     metadata: dict[str, Any] | None = None,
+    flip_test: bool = False,
 ) -> InferenceModel:
     """Move a network to its device in eval mode. ``channels_last`` defaults to on for bf16/fp16 or CUDA."""
     dev = device if isinstance(device, torch.device) else resolve_device(device)
@@ -111,4 +130,4 @@ def prepare(
     net = net.to(dev).eval()
     if channels_last:
         to_channels_last(net, refiner=True)
-    return InferenceModel(net, config, dev, precision, channels_last, calibration, metadata or {})
+    return InferenceModel(net, config, dev, precision, channels_last, calibration, metadata or {}, flip_test)

@@ -224,11 +224,12 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--workers", type=int, default=0)
     p.add_argument("--save-examples", type=int, default=0, metavar="N")
+    p.add_argument("--flip-test", action="store_true", help="average with the mirrored crop (2x compute)")
     return p
 
 
 def main(args: argparse.Namespace) -> dict[str, Any]:
-    engine = load_for_inference(args.checkpoint, args.device, args.precision)
+    engine = load_for_inference(args.checkpoint, args.device, args.precision, flip_test=args.flip_test)
     label_sets = (
         [args.labels]
         if args.labels not in (None, "both")
@@ -241,6 +242,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         "split": args.split,
         "boxes": args.boxes,
         "precision": args.precision,
+        "flip_test": args.flip_test,
         "model": engine.metadata.get("version"),
         "label_sets": {},
     }

@@ -5,6 +5,7 @@ import torch
 
 from model.checkpoint import CheckpointError, load_checkpoint, load_for_inference, save_checkpoint
 from model.geometry import crop_matrix, invert
+from model.landmarks import MIRROR
 from model.network import build_model
 from tests.conftest import tiny_config
 
@@ -90,3 +91,18 @@ def test_bf16_channels_last_matches_fp32_closely(tmp_path):
     assert torch.isfinite(bf16.points).all()
     with pytest.raises(ValueError, match="fp16"):
         load_for_inference(path, device="cpu", precision="fp16")
+
+
+def test_flip_test_is_symmetric_for_a_symmetric_network_output(tmp_path):
+    # Averaging with the mirrored crop must give the same answer for a crop and its mirror image (re-indexed).
+    config = tiny_config()
+    path = tmp_path / "m.pt"
+    torch.manual_seed(1)
+    save_checkpoint(path, build_model(config), config)
+    engine = load_for_inference(path, device="cpu", flip_test=True)
+    crops = torch.randint(0, 255, (1, config.input_size, config.input_size, 3), dtype=torch.uint8)
+    eye = torch.eye(2, 3)[None]
+    a = engine(crops, eye).points[0]
+    b = engine(crops.flip(2), eye).points[0]
+    mirrored = torch.stack([config.input_size - 1 - b[:, 0], b[:, 1]], 1)[list(MIRROR)]
+    torch.testing.assert_close(a, mirrored, atol=1e-3, rtol=0)
