@@ -42,24 +42,6 @@ class OptimConfig(_Frozen):
     grad_clip: float | None = None
 
 
-class AugmentConfig(_Frozen):
-    """See :class:`training.transforms.Augmentation`."""
-
-    rotation: float = 50.0
-    scale: tuple[float, float] = (0.8, 1.2)
-    shift: float = 0.05
-    margin_jitter: float = 0.1
-    flip: float = 0.5
-    brightness: float = 0.3
-    contrast: float = 0.3
-    saturation: float = 0.3
-    occlusion: float = 0.4
-    occlusion_size: tuple[float, float] = (0.1, 0.4)
-
-    def build(self) -> Augmentation:
-        return Augmentation(**self.model_dump())
-
-
 class TrainConfig(_Frozen):
     """Everything a run needs; ``model`` names a preset, ``model_overrides`` changes its fields."""
 
@@ -67,7 +49,7 @@ class TrainConfig(_Frozen):
     model_overrides: dict[str, Any] = Field(default_factory=dict)
     train: DatasetSpec
     val: DatasetSpec | None = None
-    augment: AugmentConfig = AugmentConfig()
+    augment: Augmentation = Augmentation()  # validated by pydantic like the rest
     optim: OptimConfig = OptimConfig()
     epochs: int = Field(100, ge=1)
     batch_size: int = Field(16, ge=1)

@@ -209,7 +209,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     val_samples = (
         load_samples(cfg.val.format, cfg.val.root, cfg.val.split, cfg.val.labels, cfg.skip_bad) if cfg.val else []
     )
-    train_set = LandmarkDataset(train_samples, model_config, cfg.augment.build(), seed=cfg.seed)
+    train_set = LandmarkDataset(train_samples, model_config, cfg.augment, seed=cfg.seed)
     val_set = LandmarkDataset(val_samples, model_config) if val_samples else None
     sampler: DistributedSampler[int] | None = DistributedSampler(train_set, seed=cfg.seed) if run.distributed else None
     loader = make_loader(train_set, cfg.batch_size, cfg.workers, shuffle=True, sampler=sampler)
