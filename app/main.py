@@ -42,7 +42,8 @@ def _error_response(
     headers: dict[str, str] | None = None,
     reason: str | None = None,
 ) -> JSONResponse:
-    request.app.state.metrics.rejected.labels(reason or code).inc() if status >= 400 else None
+    if status >= 400:
+        request.app.state.metrics.rejected.labels(reason or code).inc()
     request.scope.setdefault("state", {})["error"] = code
     return JSONResponse({"error": code, "detail": detail}, status_code=status, headers=headers)
 
