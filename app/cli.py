@@ -16,23 +16,18 @@ from pathlib import Path
 
 import numpy as np
 
-from app.detector import HaarDetector
 from app.errors import ServiceError
 from app.imaging import encode_png
 from app.metrics import Metrics
-from app.predictor import Predictor
 from app.routes.landmarks import parse_boxes, parse_max_faces, to_response
-from app.service import LandmarkService
+from app.service import load_service
 from app.settings import Settings
 from model.checkpoint import CheckpointError
 from model.render import draw_landmarks
 
 
 async def _predict(settings: Settings, data: bytes, boxes: str | None, max_faces: str | None) -> tuple[str, bytes]:
-    predictor = await asyncio.to_thread(
-        Predictor.load, str(settings.checkpoint), settings.device, settings.precision, settings.flip_test
-    )
-    service = LandmarkService(settings, predictor, HaarDetector(max_side=settings.detector_max_side), Metrics())
+    service = await load_service(settings, Metrics())
     await service.start()
     try:
         limit = parse_max_faces(max_faces, settings.max_faces)

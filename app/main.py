@@ -22,13 +22,11 @@ from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from app.detector import HaarDetector
 from app.errors import ServiceError
 from app.metrics import Metrics
 from app.middleware import RequestContext
-from app.predictor import Predictor
 from app.routes import landmarks, ops
-from app.service import LandmarkService
+from app.service import LandmarkService, load_service
 from app.settings import Settings
 
 log = logging.getLogger("app")
@@ -103,12 +101,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     if settings.torch_threads:
         torch.set_num_threads(settings.torch_threads)
     # Load and check the checkpoint now: a missing, corrupt or mismatched file stops the start right here.
-    predictor = await asyncio.to_thread(
-        Predictor.load, str(settings.checkpoint), settings.device, settings.precision, settings.flip_test
-    )
-    detector = HaarDetector(max_side=settings.detector_max_side)
-    service = LandmarkService(settings, predictor, detector, metrics)
-    engine = predictor.engine
+    service = await load_service(settings, metrics)
+    engine = service.predictor.engine
     metrics.model_info.labels(
         str(engine.metadata.get("name", "dsc-landmarks")),
         str(engine.metadata.get("version", "unknown")),

@@ -12,7 +12,7 @@ from typing import TypeVar
 import numpy as np
 from numpy.typing import NDArray
 
-from app.batcher import Batcher, BatchInfo
+from app.batcher import Batcher, BatchInfo, inference_thread
 from app.detector import HaarDetector
 from app.errors import ServiceError, unavailable
 from app.imaging import decode_image
@@ -47,7 +47,14 @@ class Prediction:
 class LandmarkService:
     """Owns the predictor, the detector, the batcher and the pre-processing pool for one process."""
 
-    def __init__(self, settings: Settings, predictor: Predictor, detector: HaarDetector, metrics: Metrics) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        predictor: Predictor,
+        detector: HaarDetector,
+        metrics: Metrics,
+        worker: ThreadPoolExecutor | None = None,
+    ) -> None:
         self.settings = settings
         self.predictor = predictor
         self.detector = detector
@@ -58,6 +65,7 @@ class LandmarkService:
             settings.max_wait_ms / 1000.0,
             settings.queue_size,
             on_batch=metrics.observe_batch,
+            worker=worker,
         )
         metrics.track_queue(lambda: self.batcher.depth)
         self._pool = ThreadPoolExecutor(settings.preprocess_threads, thread_name_prefix="preprocess")
@@ -138,6 +146,16 @@ class LandmarkService:
         timings["total"] = 1000 * (time.perf_counter() - t0)
         self.metrics.faces.inc(len(faces))
         return Prediction(image, faces, {k: round(v, 3) for k, v in timings.items()}, [i.size for i in infos])
+
+
+async def load_service(settings: Settings, metrics: Metrics) -> LandmarkService:
+    """Load the checkpoint on the inference thread (where it will run) and build the service around it."""
+    worker = inference_thread()
+    predictor = await asyncio.get_running_loop().run_in_executor(
+        worker, Predictor.load, str(settings.checkpoint), settings.device, settings.precision, settings.flip_test
+    )
+    detector = HaarDetector(max_side=settings.detector_max_side)
+    return LandmarkService(settings, predictor, detector, metrics, worker)
 
 
 def check_boxes(boxes: list[Box], width: int, height: int) -> None:

@@ -1,22 +1,24 @@
-"""End-to-end HTTP benchmark on loopback: throughput and latency at 1, 8 and 32 concurrent clients, batching
-on (the defaults) and off (``LANDMARKS_MAX_BATCH_SIZE=1``), same images, caller boxes (detection excluded).
+"""End-to-end HTTP benchmark on loopback: throughput and latency at 1, 8 and 32 concurrent connections, batching
+on (the defaults) and off (``LANDMARKS_MAX_BATCH_SIZE=1``), the same 64 val images with caller boxes (detection
+excluded). The load comes from wrk (``apt-get install wrk``: a C load generator, so the client takes little of
+the machine's CPU).
 
-    python -m benchmarks.service_bench [--checkpoint CKPT] [--requests-per-client 20] [--out FILE]
+    python -m benchmarks.service_bench [--checkpoint CKPT] [--precision bf16] [--seconds 10] [--out FILE]
 
-Also measures, in the same run, the raw model throughput at the batch size the server actually formed, so the
-HTTP overhead shows as a ratio, and the server's peak RSS. The load generator shares the machine's cores.
+Also measures, in the same run, the raw model throughput at the batch size the server actually formed (so the
+HTTP overhead shows as a ratio) and the server's peak RSS.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
-import time
+import shutil
+import subprocess
+import tempfile
+import urllib.request
 from pathlib import Path
 
-import httpx
-import numpy as np
 import torch
 
 from app.settings import DEFAULT_CHECKPOINT
@@ -26,49 +28,78 @@ from tests.server import running_server
 from training.datasets import read_aflw2000
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "aflw2000-3d"
+SCRIPT = Path(__file__).with_name("wrk_post.lua")
+BOUNDARY = "dsclandmarksbenchboundary"
 
 
-def load_requests(count: int) -> list[tuple[bytes, str]]:
+def write_bodies(folder: Path, count: int) -> int:
+    """Multipart bodies (image + boxes from the ground truth) for wrk to cycle through."""
     samples = read_aflw2000(DATA, "val")[:count]
-    return [(s.image.read_bytes(), json.dumps([[*s.points.min(0), *s.points.max(0)]])) for s in samples]
-
-
-async def client_loop(
-    client: httpx.AsyncClient, base: str, work: list[tuple[bytes, str]], latencies: list[float], statuses: list[int]
-) -> None:
-    for image, boxes in work:
-        start = time.perf_counter()
-        response = await client.post(
-            f"{base}/landmarks", files={"image": ("f.jpg", image, "image/jpeg")}, data={"boxes": boxes}
+    for i, s in enumerate(samples, 1):
+        boxes = json.dumps([[*s.points.min(0).tolist(), *s.points.max(0).tolist()]])
+        body = (
+            (
+                f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="image"; filename="f.jpg"\r\n'
+                f"Content-Type: image/jpeg\r\n\r\n"
+            ).encode()
+            + s.image.read_bytes()
+            + (
+                f'\r\n--{BOUNDARY}\r\nContent-Disposition: form-data; name="boxes"\r\n\r\n{boxes}\r\n--{BOUNDARY}--\r\n'
+            ).encode()
         )
-        latencies.append(time.perf_counter() - start)
-        statuses.append(response.status_code)
+        (folder / f"body{i}.bin").write_bytes(body)
+    return len(samples)
 
 
-async def drive(base: str, requests: list[tuple[bytes, str]], clients: int, per_client: int) -> dict[str, float]:
-    latencies: list[float] = []
-    statuses: list[int] = []
-    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
-    async with httpx.AsyncClient(limits=limits, timeout=120) as client:
-        await client_loop(client, base, requests[:2], [], [])  # warm the connection and the server
-        work = [[requests[(c * per_client + i) % len(requests)] for i in range(per_client)] for c in range(clients)]
-        start = time.perf_counter()
-        await asyncio.gather(*(client_loop(client, base, w, latencies, statuses) for w in work))
-        elapsed = time.perf_counter() - start
-        metrics = (await client.get(f"{base}/metrics")).text
-    lat = np.array(latencies) * 1000
-    sums = {
+def batch_stats(base: str) -> tuple[float, float]:
+    with urllib.request.urlopen(f"{base}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    values = {
         line.split()[0]: float(line.split()[1])
-        for line in metrics.splitlines()
+        for line in text.splitlines()
         if line.startswith(("landmarks_batch_size_sum", "landmarks_batch_size_count"))
     }
+    return values["landmarks_batch_size_sum"], values["landmarks_batch_size_count"]
+
+
+def drive(base: str, bodies: Path, count: int, clients: int, seconds: int) -> dict[str, float]:
+    subprocess.run(
+        ["wrk", "-t1", "-c1", "-d2s", "-s", str(SCRIPT), base, "--", str(bodies), str(count), BOUNDARY],
+        capture_output=True,
+        check=True,
+    )  # warm-up
+    faces0, batches0 = batch_stats(base)
+    out = subprocess.run(
+        [
+            "wrk",
+            "-t1",
+            f"-c{clients}",
+            f"-d{seconds}s",
+            "--timeout",
+            "60s",
+            "-s",
+            str(SCRIPT),
+            base,
+            "--",
+            str(bodies),
+            str(count),
+            BOUNDARY,
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    faces1, batches1 = batch_stats(base)
+    fields = next(line for line in out.splitlines() if line.startswith("RESULT")).split()[1:]
+    requests, micros, p50, p95, p99, errors = (float(v) for v in fields)
     return {
-        "ok": statuses.count(200) / len(statuses),
-        "throughput": len(latencies) / elapsed,
-        "p50": float(np.percentile(lat, 50)),
-        "p95": float(np.percentile(lat, 95)),
-        "p99": float(np.percentile(lat, 99)),
-        "mean_batch": sums["landmarks_batch_size_sum"] / max(sums["landmarks_batch_size_count"], 1),
+        "throughput": requests / (micros / 1e6),
+        "p50": p50 / 1000,
+        "p95": p95 / 1000,
+        "p99": p99 / 1000,
+        "errors": errors,
+        "requests": requests,
+        "mean_batch": (faces1 - faces0) / max(batches1 - batches0, 1),
     }
 
 
@@ -90,32 +121,31 @@ def raw_throughput(checkpoint: Path, precision: str, batch: int) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT)
-    parser.add_argument("--precision", default="fp32")
+    parser.add_argument("--precision", default="bf16")
     parser.add_argument("--clients", default="1,8,32")
-    parser.add_argument("--requests-per-client", type=int, default=12)
+    parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--out", type=Path)
     parser.add_argument("--log-dir", type=Path, default=Path("runs/bench"))
     args = parser.parse_args()
+    if shutil.which("wrk") is None:
+        raise SystemExit("wrk is needed for the load: apt-get install wrk")
     args.log_dir.mkdir(parents=True, exist_ok=True)
-    requests = load_requests(64)
+    levels = [int(c) for c in args.clients.split(",")]
     results: dict[tuple[str, int], dict[str, float]] = {}
-    for label, env in (("batching on", {}), ("batching off", {"max_batch_size": "1", "max_wait_ms": "0"})):
-        settings = {"precision": args.precision, "torch_threads": str(torch.get_num_threads()), **env}
-        with running_server(args.checkpoint, args.log_dir / f"server-{label.split()[1]}.log", **settings) as (
-            base,
-            proc,
-        ):
-            for clients in (int(c) for c in args.clients.split(",")):
-                per_client = max(3, args.requests_per_client * 8 // max(clients, 8))
-                results[(label, clients)] = {
-                    **asyncio.run(drive(base, requests, clients, per_client)),
-                    "rss": peak_rss_mb(proc.pid),
-                }
-                print(label, clients, results[(label, clients)], flush=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        count = write_bodies(Path(tmp), 64)
+        for label, env in (("batching on", {}), ("batching off", {"max_batch_size": "1"})):
+            settings = {"precision": args.precision, "torch_threads": str(torch.get_num_threads()), **env}
+            log = args.log_dir / f"server-{label.split()[1]}.log"
+            with running_server(args.checkpoint, log, **settings) as (base, proc):
+                for clients in levels:
+                    r = drive(base, Path(tmp), count, clients, args.seconds)
+                    r["rss"] = peak_rss_mb(proc.pid)
+                    results[(label, clients)] = r
+                    print(label, clients, r, flush=True)
     rows = []
     for (label, clients), r in results.items():
         raw = raw_throughput(args.checkpoint, args.precision, max(1, round(r["mean_batch"])))
-        r["raw"] = raw
         rows.append(
             [
                 label,
@@ -128,20 +158,22 @@ def main() -> None:
                 f"{raw:.1f}",
                 f"{r['throughput'] / raw:.2f}",
                 f"{r['rss']:.0f}",
-                f"{100 * r['ok']:.0f} %",
+                f"{int(r['errors'])}",
             ]
         )
     single = 1000 / raw_throughput(args.checkpoint, args.precision, 1)
-    top = max(int(c) for c in args.clients.split(","))
+    top = max(levels)
     gain = results[("batching on", top)]["throughput"] / results[("batching off", top)]["throughput"]
+    p50_one = results[("batching on", 1)]["p50"]
     lines = [
         f"Machine: {machine()}",
-        f"Checkpoint: {args.checkpoint.name}, precision {args.precision}",
+        f"Checkpoint: {args.checkpoint.name}, precision {args.precision}, "
+        f"{args.seconds} s per level, load from wrk on the same machine",
         "",
         table(
             [
                 "mode",
-                "clients",
+                "connections",
                 "req/s",
                 "p50 ms",
                 "p95 ms",
@@ -150,14 +182,13 @@ def main() -> None:
                 "raw model faces/s at that batch",
                 "e2e / raw",
                 "server peak RSS MB",
-                "200s",
+                "non-2xx / errors",
             ],
             rows,
         ),
         "",
-        f"Batching gain at {top} clients: {gain:.2f}x. Single-image forward: {single:.0f} ms; "
-        f"p50 at 1 client (batching on): {results[('batching on', 1)]['p50']:.0f} ms "
-        f"({results[('batching on', 1)]['p50'] / single:.2f}x).",
+        f"Batching gain at {top} connections: {gain:.2f}x. Single-image forward (in-process): {single:.0f} ms; "
+        f"p50 at 1 connection (batching on): {p50_one:.0f} ms ({p50_one / single:.2f}x).",
     ]
     print("\n".join(lines))
     if args.out:
