@@ -40,7 +40,9 @@ class Settings(BaseSettings):
     torch_threads: int | None = Field(None, ge=1, le=1024, description="torch intra-op threads (default: torch's)")
     preprocess_threads: int = Field(2, ge=1, le=64, description="threads for decode, detection and cropping")
     detector_max_side: int = Field(640, ge=64, le=8192, description="images are downscaled to this for detection")
-    second_pass: bool = Field(False, description="re-crop detected faces from the first pass's landmarks")
+    second_pass: bool = Field(
+        True, description="re-crop detected faces from the first pass's landmarks and run again (caller boxes: never)"
+    )
     flip_test: bool = Field(False, description="also run each face mirrored and average (2x compute)")
     warmup_batches: int = Field(2, ge=0, le=100, description="forwards before /health/ready turns 200")
     drain_timeout_s: float = Field(20.0, ge=0, le=600, description="on SIGTERM, time to finish queued work")

@@ -23,7 +23,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from model.checkpoint import CheckpointError, load_for_inference
-from model.geometry import crop_matrix, invert, warp
+from model.geometry import box_from_points, crop_matrix, invert, warp
 from model.inference import InferenceModel
 from model.render import draw_landmarks
 from training.datasets import W300_SUBSETS, DataError, Sample, load_image, load_samples
@@ -75,10 +75,22 @@ def detector_boxes(samples: list[Sample]) -> tuple[list[Sample], list[np.ndarray
     return kept, boxes
 
 
-def run(engine: InferenceModel, samples: list[Sample], boxes: str, batch_size: int, workers: int) -> Evaluation:
+def run(
+    engine: InferenceModel, samples: list[Sample], boxes: str, batch_size: int, workers: int, second_pass: bool = False
+) -> Evaluation:
+    """Predict every sample's face; ``second_pass`` re-crops from the first pass's landmarks (as the service does)."""
     chosen, box_list = (samples, gt_boxes(samples)) if boxes == "gt" else detector_boxes(samples)
     if not chosen:
         raise DataError("no face to evaluate (the detector found none)")
+    ev = _predict(engine, chosen, box_list, batch_size, workers, len(samples))
+    if second_pass:
+        ev = _predict(engine, chosen, [box_from_points(p) for p in ev.points], batch_size, workers, len(samples))
+    return ev
+
+
+def _predict(
+    engine: InferenceModel, chosen: list[Sample], box_list: list[np.ndarray], batch_size: int, workers: int, total: int
+) -> Evaluation:
     loader = DataLoader(_Crops(chosen, box_list, engine.config.input_size), batch_size=batch_size, num_workers=workers)
     pts, conf, coarse = [], [], []
     for crops, inverse in loader:
@@ -93,7 +105,7 @@ def run(engine: InferenceModel, samples: list[Sample], boxes: str, batch_size: i
         torch.cat(conf).double().numpy(),
         torch.cat(coarse).double().numpy(),
         len(chosen),
-        len(samples),
+        total,
     )
 
 
@@ -225,6 +237,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=0)
     p.add_argument("--save-examples", type=int, default=0, metavar="N")
     p.add_argument("--flip-test", action="store_true", help="average with the mirrored crop (2x compute)")
+    p.add_argument("--second-pass", action="store_true", help="re-crop from the first pass's landmarks, run again")
     return p
 
 
@@ -243,6 +256,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         "boxes": args.boxes,
         "precision": args.precision,
         "flip_test": args.flip_test,
+        "second_pass": args.second_pass,
         "model": engine.metadata.get("version"),
         "label_sets": {},
     }
@@ -252,7 +266,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     for labels in label_sets:
         samples = load_samples(args.format, args.data, args.split, labels)
         if ev is None or args.boxes == "gt":  # GT boxes depend on the label set; detections do not
-            ev = run(engine, samples, args.boxes, args.batch_size, args.workers)
+            ev = run(engine, samples, args.boxes, args.batch_size, args.workers, args.second_pass)
         names = {s.name: s for s in samples}
         gt = np.stack([names[s.name].points for s in ev.samples])
         key = labels or "default"
