@@ -22,13 +22,14 @@ import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Literal, TypeVar
 
 import cv2
 import numpy as np
 import scipy.io
 import torch
 from numpy.typing import NDArray
+from PIL import Image
 from torch.utils.data import Dataset
 
 from model.codec import encode
@@ -38,6 +39,8 @@ from model.landmarks import MIRROR, NUM_LANDMARKS
 from training.transforms import Augmentation, colour_jitter, occlude, sample_params
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
@@ -125,7 +128,7 @@ def _image_beside(stem_path: Path) -> Path:
     raise DataError(f"{stem_path}: no image beside the annotation (looked for {', '.join(IMAGE_SUFFIXES)})")
 
 
-def _collect(items: Iterable[Path], read: Callable[[Path], Sample], skip_bad: bool, what: str) -> list[Sample]:
+def _collect(items: Iterable[T], read: Callable[[T], Sample], skip_bad: bool, what: str) -> list[Sample]:
     samples: list[Sample] = []
     skipped = 0
     for item in items:
@@ -315,14 +318,30 @@ class LandmarkDataset(Dataset[dict[str, torch.Tensor]]):
 def load_samples(
     format: str, root: Path, split: str | None = None, labels: str | None = None, skip_bad: bool = False
 ) -> list[Sample]:
-    """Samples of any supported layout (the ``DatasetSpec`` of a training config)."""
+    """Samples of any supported layout (the ``DatasetSpec`` of a training config), images checked up front."""
     if format == "aflw2000":
-        return read_aflw2000(root, split, "mat" if labels == "mat" else "pts", skip_bad)
-    if format == "300w":
-        return read_300w(root, split or "full", skip_bad)
-    if format == "pts_folder":
-        return read_pts_folder(root / split if split else root, skip_bad=skip_bad)
-    if format == "300w_lp":
+        samples = read_aflw2000(root, split, "mat" if labels == "mat" else "pts", skip_bad)
+    elif format == "300w":
+        samples = read_300w(root, split or "full", skip_bad)
+    elif format == "pts_folder":
+        samples = read_pts_folder(root / split if split else root, skip_bad=skip_bad)
+    elif format == "300w_lp":
         subsets = tuple(split.split(",")) if split else LP_SUBSETS
-        return read_300w_lp(root, subsets, "pts_3d" if labels == "pts_3d" else "pts_2d", skip_bad=skip_bad)
-    raise DataError(f"unknown data format {format!r}")
+        samples = read_300w_lp(root, subsets, "pts_3d" if labels == "pts_3d" else "pts_2d", skip_bad=skip_bad)
+    else:
+        raise DataError(f"unknown data format {format!r}")
+    return verify_images(samples, skip_bad)
+
+
+def verify_images(samples: list[Sample], skip_bad: bool = False) -> list[Sample]:
+    """Check every image's structure before training starts, so a broken file cannot stop an epoch half-way."""
+
+    def check(sample: Sample) -> Sample:
+        try:
+            with Image.open(sample.image) as image:
+                image.verify()
+        except (OSError, SyntaxError, ValueError) as exc:
+            raise DataError(f"{sample.image}: not a readable image ({exc})") from exc
+        return sample
+
+    return _collect(samples, check, skip_bad, "image check")

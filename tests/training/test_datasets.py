@@ -83,6 +83,15 @@ def test_missing_and_corrupt_files_are_named_or_skipped(tmp_path):
         load_samples("aflw2000", tmp_path, "nope")
 
 
+def test_broken_images_are_found_before_training(tmp_path):
+    make_aflw2000(tmp_path, count=6)
+    (tmp_path / "images" / "image00002.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated")
+    with pytest.raises(DataError, match="image00002.jpg"):
+        load_samples("aflw2000", tmp_path, "train")
+    kept = load_samples("aflw2000", tmp_path, "train", skip_bad=True)
+    assert [s.name for s in kept] == ["image00000", "image00001", "image00003"]
+
+
 def test_unreadable_image_fails_with_its_name(tmp_path):
     make_aflw2000(tmp_path, count=3)
     (tmp_path / "images" / "image00000.jpg").write_bytes(b"\xff\xd8 broken")
