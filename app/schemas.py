@@ -16,8 +16,9 @@ class Face(BaseModel):
     box: list[float] = Field(
         min_length=4,
         max_length=4,
-        description="[x1, y1, x2, y2]: the tight box around the face's 68 points that the crop was made from "
-        "(the caller's box, or the detector's box mapped to that convention)",
+        description="[x1, y1, x2, y2]: the box the final crop was made from, in the convention of a tight box "
+        "around the 68 points: the caller's box; the detector's box mapped to that convention; or, with the "
+        "second pass, the tight box of the first pass's landmarks",
     )
     detection_score: float | None = Field(description="detector confidence in (0, 1); null for caller boxes")
     landmarks: list[list[float]] = Field(

@@ -1,0 +1,177 @@
+"""The FastAPI application: ``uvicorn app.main:app`` (or ``dsc-landmarks-serve``) serves the committed checkpoint.
+
+``create_app(settings)`` builds an app; the model is loaded and checked in the lifespan (a bad checkpoint stops
+the start with a clear message), warmed up in the background (``/health/ready`` is 503 until then), and on
+SIGTERM the service drains: ready turns 503, new requests get 503, queued faces finish, then uvicorn exits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+from collections.abc import AsyncIterator
+from typing import Any
+
+import torch
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import ValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from app.errors import ServiceError
+from app.metrics import Metrics
+from app.middleware import RequestContext
+from app.routes import landmarks, ops
+from app.service import LandmarkService, load_service
+from app.settings import Settings
+
+log = logging.getLogger("app")
+
+
+def _error_response(
+    request: Request,
+    status: int,
+    code: str,
+    detail: str,
+    headers: dict[str, str] | None = None,
+    reason: str | None = None,
+) -> JSONResponse:
+    if status >= 400:
+        request.app.state.metrics.rejected.labels(reason or code).inc()
+    request.scope.setdefault("state", {})["error"] = code
+    return JSONResponse({"error": code, "detail": detail}, status_code=status, headers=headers)
+
+
+def _install_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ServiceError)
+    async def service_error(request: Request, exc: ServiceError) -> JSONResponse:
+        return _error_response(request, exc.status, exc.code, exc.detail, exc.headers, exc.reason)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return _error_response(request, 422, "validation_error", str(exc.errors()), reason="validation")
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        return _error_response(request, exc.status_code, code, str(exc.detail), dict(exc.headers or {}))
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error on %s", request.url.path)
+        return _error_response(request, 500, "internal_error", "an unexpected error occurred; it has been logged")
+
+
+def _watch_sigterm(app: FastAPI, service: LandmarkService) -> None:
+    """Drain on SIGTERM before handing the signal to uvicorn (which then stops accepting and exits)."""
+    loop = asyncio.get_running_loop()
+    previous = signal.getsignal(signal.SIGTERM)
+
+    async def drain_then_exit() -> None:
+        log.info("SIGTERM: draining (up to %.0f s)", service.settings.drain_timeout_s)
+        finished = await service.stop()
+        log.info("drain %s; shutting down", "complete" if finished else "timed out")
+        loop.remove_signal_handler(signal.SIGTERM)
+        signal.signal(signal.SIGTERM, previous)
+        if callable(previous):
+            previous(signal.SIGTERM, None)
+        else:
+            signal.raise_signal(signal.SIGTERM)
+
+    def on_sigterm() -> None:
+        if not app.state.draining:
+            app.state.draining = True
+            loop.create_task(drain_then_exit())
+
+    try:
+        loop.add_signal_handler(signal.SIGTERM, on_sigterm)
+    except (RuntimeError, ValueError, NotImplementedError):  # not the main thread (tests) or no signals (Windows)
+        log.debug("SIGTERM drain handler not installed")
+
+
+@contextlib.asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    settings: Settings = app.state.settings
+    metrics: Metrics = app.state.metrics
+    log.info("settings: %s", settings.model_dump_json())
+    if settings.torch_threads:
+        torch.set_num_threads(settings.torch_threads)
+    # Load and check the checkpoint now: a missing, corrupt or mismatched file stops the start right here.
+    service = await load_service(settings, metrics)
+    engine = service.predictor.engine
+    metrics.model_info.labels(
+        str(engine.metadata.get("name", "dsc-landmarks")),
+        str(engine.metadata.get("version", "unknown")),
+        engine.config.name,
+        str(engine.device),
+        engine.precision,
+    ).set(1)
+    log.info("loaded %s (%s) on %s, %s", settings.checkpoint, engine.config.name, engine.device, engine.precision)
+    app.state.service = service
+    warmup = asyncio.create_task(service.start())
+    if app.state.handle_signals:
+        _watch_sigterm(app, service)
+    try:
+        yield
+    finally:
+        if not warmup.done():
+            warmup.cancel()
+        if not service.draining:
+            await service.stop()
+
+
+def create_app(settings: Settings | None = None, handle_signals: bool = True) -> FastAPI:
+    """Build the service. Without ``settings`` they are read from ``LANDMARKS_*`` (a bad value exits with a message)."""
+    if settings is None:
+        try:
+            settings = Settings()
+        except ValidationError as exc:
+            lines = [f"  LANDMARKS_{'_'.join(str(p) for p in e['loc']).upper()}: {e['msg']}" for e in exc.errors()]
+            sys.exit("invalid settings:\n" + "\n".join(lines))
+    metrics = Metrics()
+    app = FastAPI(
+        title="dsc-landmarks",
+        version="0.1.0",
+        summary="68-point facial landmarks (dilated skip convolution network, Chim et al. 2019)",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.metrics = metrics
+    app.state.draining = False
+    app.state.handle_signals = handle_signals
+    app.include_router(landmarks.router)
+    app.include_router(ops.router)
+    _install_handlers(app)
+    app.add_middleware(RequestContext, metrics=metrics)
+    return app
+
+
+def _configure_logging() -> None:
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def __getattr__(name: str) -> Any:
+    # `uvicorn app.main:app` builds the app on first access, so importing this module has no side effects.
+    if name == "app":
+        _configure_logging()
+        return create_app()
+    raise AttributeError(name)
+
+
+def run() -> None:
+    """Console script: ``dsc-landmarks-serve [--host H] [--port P]``."""
+    import argparse
+
+    import uvicorn
+
+    parser = argparse.ArgumentParser(description="serve the landmark API")
+    parser.add_argument("--host", default="0.0.0.0")
+    parser.add_argument("--port", type=int, default=8000)
+    args = parser.parse_args()
+    _configure_logging()
+    uvicorn.run(create_app(), host=args.host, port=args.port, timeout_graceful_shutdown=60)

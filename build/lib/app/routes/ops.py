@@ -1,0 +1,70 @@
+"""Health, model card and Prometheus metrics."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from app.deps import MetricsDep
+from app.errors import unavailable
+from app.schemas import ErrorResponse, Health, ModelCard
+
+router = APIRouter(tags=["operations"])
+
+LICENCE = "weights trained on AFLW2000-3D: research and non-commercial use only (see README); code: MIT"
+
+
+@router.get("/health/live", response_model=Health, summary="the process is up")
+async def live() -> Health:
+    return Health(status="alive")
+
+
+@router.get(
+    "/health/ready",
+    response_model=Health,
+    summary="the model is loaded and warmed up, not draining",
+    responses={503: {"model": ErrorResponse, "description": "loading, warming up or draining"}},
+)
+async def ready(request: Request) -> Health:
+    service = getattr(request.app.state, "service", None)
+    if service is None or not service.ready:
+        draining = service is not None and service.draining
+        raise unavailable(
+            "draining" if draining else "not_ready",
+            "the server is shutting down" if draining else "the model is loading or warming up",
+        )
+    return Health(status="ready")
+
+
+@router.get(
+    "/v1/model",
+    response_model=ModelCard,
+    summary="the served model and where it came from",
+    responses={503: {"model": ErrorResponse, "description": "the model is not loaded yet"}},
+)
+async def model_card(request: Request) -> ModelCard:
+    service = getattr(request.app.state, "service", None)
+    if service is None:
+        raise unavailable("not_ready", "the model is not loaded yet")
+    engine = service.predictor.engine
+    meta = engine.metadata
+    return ModelCard(
+        name=str(meta.get("name", "dsc-landmarks")),
+        version=str(meta.get("version", "unknown")),
+        preset=engine.config.name,
+        input_size=engine.config.input_size,
+        heatmap_size=engine.config.heatmap_size,
+        num_landmarks=engine.config.num_landmarks,
+        device=str(engine.device),
+        precision=engine.precision,
+        training=meta.get("training", {}),
+        metrics=meta.get("metrics", {}),
+        licence=LICENCE,
+    )
+
+
+@router.get(
+    "/metrics", summary="Prometheus metrics", response_class=Response, responses={200: {"content": {"text/plain": {}}}}
+)
+async def metrics(m: MetricsDep) -> Response:
+    return Response(generate_latest(m.registry), media_type=CONTENT_TYPE_LATEST)

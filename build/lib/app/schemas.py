@@ -1,0 +1,66 @@
+"""Response and error bodies: one shape whatever happens (``faces: []``, never null)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+
+class ImageInfo(BaseModel):
+    width: int = Field(description="width of the EXIF-rotated image in pixels")
+    height: int = Field(description="height of the EXIF-rotated image in pixels")
+
+
+class Face(BaseModel):
+    box: list[float] = Field(
+        min_length=4,
+        max_length=4,
+        description="[x1, y1, x2, y2]: the tight box around the face's 68 points that the crop was made from "
+        "(the caller's box, or the detector's box mapped to that convention)",
+    )
+    detection_score: float | None = Field(description="detector confidence in (0, 1); null for caller boxes")
+    landmarks: list[list[float]] = Field(
+        description="68 [x, y] float pixel coordinates in the original image, iBUG 300-W order; pixel centres "
+        "are integers, (0, 0) is the centre of the top-left pixel"
+    )
+    confidence: list[float] = Field(description="68 per-point confidences in [0, 1] (calibrated against error)")
+    score: float = Field(description="mean of the per-point confidences")
+
+
+class ModelInfo(BaseModel):
+    name: str
+    version: str
+    device: str
+
+
+class LandmarksResponse(BaseModel):
+    image: ImageInfo
+    faces: list[Face] = Field(description="one entry per face (per caller box, in order); [] when none is found")
+    model: ModelInfo
+    timings_ms: dict[str, float] = Field(
+        description="decode, detect, crop, queue_wait (longest of the faces), inference (longest batch), total"
+    )
+
+
+class ErrorResponse(BaseModel):
+    error: str = Field(description="stable machine-readable code, e.g. queue_full, unsupported_media_type")
+    detail: str = Field(description="human-readable explanation")
+
+
+class ModelCard(BaseModel):
+    name: str
+    version: str
+    preset: str
+    input_size: int
+    heatmap_size: int
+    num_landmarks: int
+    device: str
+    precision: str
+    training: dict[str, Any]
+    metrics: dict[str, Any]
+    licence: str
+
+
+class Health(BaseModel):
+    status: str

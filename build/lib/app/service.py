@@ -1,0 +1,169 @@
+"""The request pipeline: decode -> detect (or caller boxes) -> affine crop -> batcher -> inverse map -> faces."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+import numpy as np
+from numpy.typing import NDArray
+
+from app.batcher import Batcher, BatchInfo, inference_thread
+from app.detector import HaarDetector
+from app.errors import ServiceError, unavailable
+from app.imaging import decode_image
+from app.metrics import Metrics
+from app.predictor import CropJob, FaceResult, Predictor
+from app.settings import Settings
+from model.geometry import box_from_points, crop_matrix, invert, warp
+
+T = TypeVar("T")
+
+Box = tuple[float, float, float, float]
+
+
+@dataclass
+class FaceOut:
+    box: Box
+    detection_score: float | None
+    points: NDArray[np.float64]
+    confidence: NDArray[np.float64]
+
+
+@dataclass
+class Prediction:
+    """Everything a route needs to answer: the decoded image (for rendering), faces, timings and batch sizes."""
+
+    image: NDArray[np.uint8]
+    faces: list[FaceOut]
+    timings_ms: dict[str, float]
+    batch_sizes: list[int] = field(default_factory=list)
+
+
+class LandmarkService:
+    """Owns the predictor, the detector, the batcher and the pre-processing pool for one process."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        predictor: Predictor,
+        detector: HaarDetector,
+        metrics: Metrics,
+        worker: ThreadPoolExecutor | None = None,
+    ) -> None:
+        self.settings = settings
+        self.predictor = predictor
+        self.detector = detector
+        self.metrics = metrics
+        self.batcher: Batcher[CropJob, FaceResult] = Batcher(
+            predictor.run_batch,
+            settings.max_batch_size,
+            settings.max_wait_ms / 1000.0,
+            settings.queue_size,
+            on_batch=metrics.observe_batch,
+            worker=worker,
+        )
+        metrics.track_queue(lambda: self.batcher.depth)
+        self._pool = ThreadPoolExecutor(settings.preprocess_threads, thread_name_prefix="preprocess")
+        self.ready = False
+
+    async def start(self) -> None:
+        """Start the batcher and warm the model up on its own thread; then report ready."""
+        self.batcher.start()
+        sizes = [1, self.settings.max_batch_size][: self.settings.warmup_batches]
+        if sizes:
+            await self.batcher.call_in_worker(lambda: self.predictor.warmup(sizes))
+        self.ready = True
+        self.metrics.ready.set(1)
+
+    async def stop(self) -> bool:
+        """Stop taking work, finish what is queued (within the drain timeout), release the threads."""
+        self.ready = False
+        self.metrics.ready.set(0)
+        finished = await self.batcher.drain(self.settings.drain_timeout_s)
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        return finished
+
+    @property
+    def draining(self) -> bool:
+        return self.batcher.closing
+
+    async def _off_loop(self, fn: Callable[[], T]) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._pool, fn)
+
+    def _crop(self, image: NDArray[np.uint8], box: Box) -> CropJob:
+        size = self.predictor.input_size
+        m = crop_matrix(np.asarray(box), size)
+        return CropJob(warp(image, m, size), invert(m))
+
+    async def _landmarks(
+        self, image: NDArray[np.uint8], boxes: list[Box], deadline: float
+    ) -> tuple[list[FaceResult], list[BatchInfo], float]:
+        start = time.perf_counter()
+        jobs = await self._off_loop(lambda: [self._crop(image, b) for b in boxes])
+        crop_ms = 1000 * (time.perf_counter() - start)
+        served = await self.batcher.submit(jobs, deadline)
+        return [r for r, _ in served], [info for _, info in served], crop_ms
+
+    async def predict(self, data: bytes, boxes: list[Box] | None, max_faces: int, deadline: float) -> Prediction:
+        """Run the whole pipeline for one uploaded image."""
+        if not self.ready:
+            raise unavailable(
+                "draining" if self.draining else "not_ready",
+                "the server is shutting down" if self.draining else "the model is not ready yet",
+            )
+        t0 = time.perf_counter()
+        image = await self._off_loop(lambda: decode_image(data, self.settings.max_image_pixels))
+        timings = {"decode": 1000 * (time.perf_counter() - t0)}
+        scores: list[float | None]
+        if boxes is None:
+            t1 = time.perf_counter()
+            detections = (await self._off_loop(lambda: self.detector(image)))[:max_faces]
+            timings["detect"] = 1000 * (time.perf_counter() - t1)
+            boxes = [d.box for d in detections]
+            scores = [d.score for d in detections]
+        else:
+            check_boxes(boxes, image.shape[1], image.shape[0])
+            scores = [None] * len(boxes)
+        faces: list[FaceOut] = []
+        infos: list[BatchInfo] = []
+        timings["crop"] = 0.0
+        if boxes:
+            results, infos, crop_ms = await self._landmarks(image, boxes, deadline)
+            timings["crop"] = crop_ms
+            if self.settings.second_pass and scores and scores[0] is not None:
+                boxes = [tuple(box_from_points(r.points)) for r in results]
+                results, more, crop_ms = await self._landmarks(image, boxes, deadline)
+                infos += more
+                timings["crop"] += crop_ms
+            faces = [FaceOut(b, s, r.points, r.confidence) for b, s, r in zip(boxes, scores, results, strict=True)]
+        timings["queue_wait"] = 1000 * max((i.queue_wait_s for i in infos), default=0.0)
+        timings["inference"] = 1000 * max((i.inference_s for i in infos), default=0.0)
+        timings["total"] = 1000 * (time.perf_counter() - t0)
+        self.metrics.faces.inc(len(faces))
+        return Prediction(image, faces, {k: round(v, 3) for k, v in timings.items()}, [i.size for i in infos])
+
+
+async def load_service(settings: Settings, metrics: Metrics) -> LandmarkService:
+    """Load the checkpoint on the inference thread (where it will run) and build the service around it."""
+    worker = inference_thread()
+    predictor = await asyncio.get_running_loop().run_in_executor(
+        worker, Predictor.load, str(settings.checkpoint), settings.device, settings.precision, settings.flip_test
+    )
+    detector = HaarDetector(max_side=settings.detector_max_side)
+    return LandmarkService(settings, predictor, detector, metrics, worker)
+
+
+def check_boxes(boxes: list[Box], width: int, height: int) -> None:
+    """Caller boxes must be finite, non-degenerate and overlap the image (else 400)."""
+    for i, (x1, y1, x2, y2) in enumerate(boxes):
+        if not all(np.isfinite(v) for v in (x1, y1, x2, y2)):
+            raise ServiceError(400, "invalid_boxes", f"box {i} has a non-finite coordinate")
+        if x2 - x1 < 1 or y2 - y1 < 1:
+            raise ServiceError(400, "invalid_boxes", f"box {i} must have x2 > x1 and y2 > y1 (at least 1 px)")
+        if x2 < 0 or y2 < 0 or x1 > width - 1 or y1 > height - 1:
+            raise ServiceError(400, "invalid_boxes", f"box {i} lies outside the {width}x{height} image")

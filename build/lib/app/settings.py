@@ -1,0 +1,55 @@
+"""Service settings from ``LANDMARKS_*`` environment variables (pydantic-settings), validated at start."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_CHECKPOINT = Path(__file__).resolve().parents[1] / "model" / "weights" / "dsc_landmarks_cpu.pt"
+
+
+class Settings(BaseSettings):
+    """Every knob of the service. Invalid values stop the service at start with the field and the reason."""
+
+    # Empty variables count as unset, so Compose can pass every LANDMARKS_* through with "" as "default".
+    model_config = SettingsConfigDict(
+        env_prefix="LANDMARKS_", env_ignore_empty=True, frozen=True, protected_namespaces=()
+    )
+
+    checkpoint: Path = Field(DEFAULT_CHECKPOINT, description="model checkpoint to serve")
+    device: str = Field("auto", description="auto (CUDA when available, else CPU), cpu, cuda or cuda:N")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto", description="auto: fp16 on CUDA, bf16 on CPUs with native bf16 (AVX512-BF16/AMX), else fp32"
+    )
+    max_batch_size: int = Field(16, ge=1, le=512, description="faces per network forward")
+    max_wait_ms: float = Field(
+        0.0,
+        ge=0,
+        le=10_000,
+        description="wait for more faces after the first (0: take what is there). Batches fill by themselves while "
+        "the network runs, so this only adds latency at low load on CPU; a few ms can help fast GPUs",
+    )
+    queue_size: int = Field(256, ge=1, le=100_000, description="faces waiting for the network before 503")
+    request_timeout_s: float = Field(30.0, gt=0, le=3600, description="per-request deadline before 504")
+    max_upload_bytes: int = Field(10 * 1024 * 1024, ge=1024, description="request body limit before 413")
+    max_image_pixels: int = Field(40_000_000, ge=64, description="width x height limit before 422")
+    max_faces: int = Field(10, ge=1, le=100, description="default and upper limit of faces per image")
+    torch_threads: int | None = Field(None, ge=1, le=1024, description="torch intra-op threads (default: torch's)")
+    preprocess_threads: int = Field(2, ge=1, le=64, description="threads for decode, detection and cropping")
+    detector_max_side: int = Field(640, ge=64, le=8192, description="images are downscaled to this for detection")
+    second_pass: bool = Field(
+        True, description="re-crop detected faces from the first pass's landmarks and run again (caller boxes: never)"
+    )
+    flip_test: bool = Field(False, description="also run each face mirrored and average (2x compute)")
+    warmup_batches: int = Field(2, ge=0, le=100, description="forwards before /health/ready turns 200")
+    drain_timeout_s: float = Field(20.0, ge=0, le=600, description="on SIGTERM, time to finish queued work")
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, value: str) -> str:
+        if value not in ("auto", "cpu", "cuda") and not (value.startswith("cuda:") and value[5:].isdigit()):
+            raise ValueError("must be auto, cpu, cuda or cuda:N")
+        return value

@@ -1,0 +1,111 @@
+"""Checkpoint format: one ``torch.save`` file of plain types and tensors, loaded with ``weights_only=True``.
+
+Layout::
+
+    {"format": "dsc-landmarks/1", "config": ModelConfig.to_dict(), "state_dict": {...},
+     "metadata": {"name", "version", "training": {...}, "metrics": {...}, "calibration": {"xs", "ys"}, ...}}
+
+Every failure to load raises :class:`CheckpointError` with a message that names the file and the cause.
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from model.codec import Calibration
+from model.config import ModelConfig
+from model.inference import InferenceModel, Precision, prepare
+from model.network import LandmarkNet, build_model
+
+FORMAT = "dsc-landmarks/1"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint is missing, unreadable, of another format, or does not match the expected configuration."""
+
+
+def save_checkpoint(
+    path: str | Path, model: torch.nn.Module, config: ModelConfig, metadata: dict[str, Any] | None = None
+) -> None:
+    """Write the model weights, its configuration and metadata atomically (temporary file, then rename)."""
+    path = Path(path)
+    try:  # metadata must be plain JSON types so that weights_only loading accepts it
+        metadata = json.loads(json.dumps(metadata or {}))
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"checkpoint metadata is not plain JSON: {exc}") from exc
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    payload = {"format": FORMAT, "config": config.to_dict(), "state_dict": state, "metadata": metadata}
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(payload, tmp)
+    tmp.replace(path)
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Load and validate the raw payload (no model is built)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError) as exc:
+        raise CheckpointError(f"checkpoint {path} is corrupt or not a torch file: {exc}") from exc
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        found = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
+        raise CheckpointError(f"checkpoint {path} has format {found!r}, expected {FORMAT!r}")
+    for key in ("config", "state_dict", "metadata"):
+        if key not in payload:
+            raise CheckpointError(f"checkpoint {path} lacks {key!r}")
+    return payload
+
+
+def load_checkpoint(
+    path: str | Path, expected: ModelConfig | None = None
+) -> tuple[LandmarkNet, ModelConfig, dict[str, Any]]:
+    """Rebuild the network from a checkpoint; refuse it if its config differs from ``expected``.
+
+    Returns the model (on CPU, in train mode as built), its config and the metadata.
+    """
+    payload = read_checkpoint(path)
+    try:
+        config = ModelConfig.from_dict(payload["config"])
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"checkpoint {path} has an invalid model config: {exc}") from exc
+    if expected is not None and config != expected:
+        diff = {k: (v, expected.to_dict()[k]) for k, v in config.to_dict().items() if v != expected.to_dict()[k]}
+        raise CheckpointError(f"checkpoint {path} was trained with another config (stored, expected): {diff}")
+    model = build_model(config)
+    try:
+        model.load_state_dict(payload["state_dict"], strict=True)
+    except RuntimeError as exc:
+        first = str(exc).splitlines()[0]
+        raise CheckpointError(f"checkpoint {path} weights do not fit its config: {first}") from exc
+    return model, config, payload["metadata"]
+
+
+def calibration_from_metadata(metadata: dict[str, Any]) -> Calibration | None:
+    """The confidence calibration stored in checkpoint metadata, if any."""
+    raw = metadata.get("calibration")
+    if not raw:
+        return None
+    return Calibration(xs=tuple(raw["xs"]), ys=tuple(raw["ys"]))
+
+
+def load_for_inference(
+    path: str | Path,
+    device: str | torch.device = "auto",
+    precision: Precision = "fp32",
+    channels_last: bool | None = None,
+    expected: ModelConfig | None = None,
+    flip_test: bool = False,
+) -> InferenceModel:
+    """Load a checkpoint for serving: eval mode, on CUDA when available (``auto``), calibration applied."""
+    net, config, metadata = load_checkpoint(path, expected)
+    calibration = calibration_from_metadata(metadata)
+    return prepare(net, config, device, precision, channels_last, calibration, metadata, flip_test)

@@ -1,0 +1,108 @@
+"""The heatmap codec shared by training (encode) and serving / evaluation (decode).
+
+Coordinates are float heatmap pixels with pixel centres on integers: (0, 0) is the centre of the top-left
+heatmap pixel (see :mod:`model.geometry` for the map between heatmap, crop and image pixels).
+
+Targets follow eq. 2 without the 1 / (sigma sqrt(2 pi)) factor, so the ideal peak is exactly 1: the factor
+only rescales the loss, and a unit peak makes the confidence below directly interpretable.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """Monotone piecewise-linear map from raw peak confidence to calibrated confidence (fitted on val).
+
+    ``xs`` strictly increasing raw values, ``ys`` non-decreasing values in [0, 1]; outside ``xs`` the end values
+    hold. Stored in checkpoint metadata as two lists.
+    """
+
+    xs: tuple[float, ...]
+    ys: tuple[float, ...]
+
+    def __post_init__(self) -> None:
+        if len(self.xs) != len(self.ys) or len(self.xs) < 2:
+            raise ValueError("calibration needs two equally long lists of at least 2 knots")
+        if any(b <= a for a, b in zip(self.xs, self.xs[1:], strict=False)):
+            raise ValueError("calibration xs must be strictly increasing")
+        if any(b < a for a, b in zip(self.ys, self.ys[1:], strict=False)) or not all(0 <= y <= 1 for y in self.ys):
+            raise ValueError("calibration ys must be non-decreasing and within [0, 1]")
+
+    def __call__(self, raw: Tensor) -> Tensor:
+        xs = torch.tensor(self.xs, dtype=raw.dtype, device=raw.device)
+        ys = torch.tensor(self.ys, dtype=raw.dtype, device=raw.device)
+        x = raw.clamp(xs[0], xs[-1])
+        idx = torch.searchsorted(xs, x.contiguous(), right=True).clamp(1, len(self.xs) - 1)
+        x0, x1, y0, y1 = xs[idx - 1], xs[idx], ys[idx - 1], ys[idx]
+        return y0 + (y1 - y0) * (x - x0) / (x1 - x0)
+
+
+def encode(points: Tensor, size: int, sigma: float) -> Tensor:
+    """Gaussian target heatmaps (eq. 2) at float centres, no rounding.
+
+    Args:
+        points: ``(..., K, 2)`` x, y in heatmap pixels; non-finite points give an all-zero map.
+        size: heatmap side ``h = w``.
+        sigma: standard deviation in heatmap pixels.
+
+    Returns:
+        ``(..., K, size, size)`` float32 with peak value 1 at a point that lies on a pixel centre.
+    """
+    points = points.float()
+    grid = torch.arange(size, dtype=torch.float32, device=points.device)
+    valid = torch.isfinite(points).all(dim=-1, keepdim=True)
+    p = torch.where(valid, points, torch.full_like(points, -1e4))
+    gx = torch.exp(-((grid - p[..., 0:1]) ** 2) / (2 * sigma**2))  # (..., K, w)
+    gy = torch.exp(-((grid - p[..., 1:2]) ** 2) / (2 * sigma**2))  # (..., K, h)
+    return gy.unsqueeze(-1) * gx.unsqueeze(-2)
+
+
+def decode(heatmaps: Tensor, calibration: Calibration | None = None) -> tuple[Tensor, Tensor]:
+    """Sub-pixel peak location and confidence of each heatmap, batched, on the heatmaps' device.
+
+    The integer arg-max (eq. 1) is refined by fitting a parabola to the log of the peak and its two neighbours
+    along each axis. The log of a Gaussian is exactly quadratic, so this recovers the centre of a clean target to
+    float precision; on network output the step is clamped to half a pixel. Peaks on the border are not refined
+    along the axis that leaves the map.
+
+    Confidence is the peak value relative to the ideal target peak of 1, clipped to [0, 1], then passed through
+    ``calibration`` when given (a monotone map fitted against error on validation data).
+
+    Args:
+        heatmaps: ``(..., K, h, w)``.
+
+    Returns:
+        points ``(..., K, 2)`` float32 (x, y) in heatmap pixels; confidence ``(..., K)`` float32 in [0, 1].
+    """
+    hm = heatmaps.float()
+    *lead, h, w = hm.shape
+    flat = hm.reshape(-1, h * w)
+    peak, idx = flat.max(dim=1)
+    ys = torch.div(idx, w, rounding_mode="floor")
+    xs = idx - ys * w
+
+    def log_at(y: Tensor, x: Tensor) -> Tensor:
+        value = flat.gather(1, (y.clamp(0, h - 1) * w + x.clamp(0, w - 1)).unsqueeze(1)).squeeze(1)
+        return torch.log(value.clamp_min(1e-10))
+
+    centre = log_at(ys, xs)
+
+    def offset(lo: Tensor, hi: Tensor, inside: Tensor) -> Tensor:
+        curvature = lo - 2 * centre + hi
+        step = 0.5 * (lo - hi) / torch.where(curvature < 0, curvature, torch.full_like(curvature, -1.0))
+        step = torch.where((curvature < 0) & inside, step, torch.zeros_like(step))
+        return step.clamp(-0.5, 0.5)
+
+    dx = offset(log_at(ys, xs - 1), log_at(ys, xs + 1), (xs > 0) & (xs < w - 1))
+    dy = offset(log_at(ys - 1, xs), log_at(ys + 1, xs), (ys > 0) & (ys < h - 1))
+    points = torch.stack([xs.float() + dx, ys.float() + dy], dim=-1).reshape(*lead, 2)
+    confidence = peak.clamp(0.0, 1.0).reshape(lead)
+    if calibration is not None:
+        confidence = calibration(confidence).clamp(0.0, 1.0)
+    return points, confidence

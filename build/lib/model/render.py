@@ -1,0 +1,45 @@
+"""Draw landmarks on an image: contours, points coloured by confidence (red 0 -> green 1), optional truth."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+from numpy.typing import NDArray
+
+from model.landmarks import CONTOURS
+
+
+def confidence_colour(c: float) -> tuple[int, int, int]:
+    """RGB from red (0) through yellow (0.5) to green (1)."""
+    c = float(np.clip(c, 0.0, 1.0))
+    return (int(255 * min(1.0, 2 * (1 - c))), int(255 * min(1.0, 2 * c)), 0)
+
+
+def draw_landmarks(
+    image: NDArray[np.uint8],
+    points: NDArray[np.floating],
+    confidence: NDArray[np.floating] | None = None,
+    box: NDArray[np.floating] | None = None,
+    truth: NDArray[np.floating] | None = None,
+) -> NDArray[np.uint8]:
+    """A copy of the RGB ``image`` with one face's 68 ``points`` drawn (sub-pixel, anti-aliased)."""
+    out = np.ascontiguousarray(image.copy())
+    scale = max(out.shape[:2]) / 500.0
+    radius, thickness, shift = max(1, round(2 * scale)), max(1, round(scale)), 4
+    fixed = 1 << shift
+
+    def pt(p: NDArray[np.floating]) -> tuple[int, int]:
+        return int(round(float(p[0]) * fixed)), int(round(float(p[1]) * fixed))
+
+    if box is not None:
+        cv2.rectangle(out, pt(box[:2]), pt(box[2:]), (80, 160, 255), thickness, cv2.LINE_AA, shift)
+    if truth is not None:
+        for p in truth:
+            cv2.circle(out, pt(p), radius, (255, 255, 255), -1, cv2.LINE_AA, shift)
+    for contour in CONTOURS:
+        poly = (np.asarray(points)[list(contour)] * fixed).round().astype(np.int32)
+        cv2.polylines(out, [poly], False, (0, 200, 255), thickness, cv2.LINE_AA, shift)
+    conf = np.ones(len(points)) if confidence is None else np.asarray(confidence)
+    for p, c in zip(points, conf, strict=True):
+        cv2.circle(out, pt(p), radius + 1, confidence_colour(float(c)), -1, cv2.LINE_AA, shift)
+    return out

@@ -1,0 +1,142 @@
+"""One training epoch and one evaluation pass, shaped like torchvision's reference scripts."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from model.config import ModelConfig
+from model.geometry import invert
+from model.inference import InferenceModel, LandmarkOutput, Precision
+from model.network import LandmarkNet, normalize_input
+from training.losses import two_stage_loss
+
+
+@dataclass
+class Amp:
+    """Autocast settings resolved for a device (see ``training.train.resolve_amp``)."""
+
+    dtype: torch.dtype | None
+    scaler: torch.amp.GradScaler | None = None
+
+    def context(self, device: torch.device) -> contextlib.AbstractContextManager[Any]:
+        if self.dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device.type, dtype=self.dtype)
+
+    @property
+    def precision(self) -> Precision:
+        if self.dtype == torch.bfloat16:
+            return "bf16"
+        return "fp16" if self.dtype == torch.float16 else "fp32"
+
+
+def train_one_epoch(
+    model: nn.Module,
+    loader: DataLoader[dict[str, torch.Tensor]],
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None,
+    device: torch.device,
+    amp: Amp,
+    epoch: int,
+    coarse_weight: float = 0.5,
+    channels_last: bool = False,
+    grad_clip: float | None = None,
+    max_steps: int | None = None,
+    show_progress: bool = True,
+) -> dict[str, float]:
+    """Train for one pass over ``loader``; the scheduler steps per batch. Returns mean loss and timing."""
+    model.train()
+    total, count, start = 0.0, 0, time.perf_counter()
+    steps = len(loader) if max_steps is None else min(max_steps, len(loader))
+    bar = tqdm(total=steps, desc=f"epoch {epoch}", disable=not show_progress, dynamic_ncols=True, mininterval=1.0)
+    for step, batch in enumerate(loader):
+        if step >= steps:
+            break
+        x = normalize_input(batch["image"].to(device, non_blocking=True))
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        target = batch["heatmaps"].to(device, non_blocking=True)
+        with amp.context(device):
+            loss = two_stage_loss(model(x), target, coarse_weight)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"loss became {loss.item()} at epoch {epoch} step {step}")
+        optimizer.zero_grad(set_to_none=True)
+        if amp.scaler is not None:
+            amp.scaler.scale(loss).backward()
+            amp.scaler.unscale_(optimizer)
+        else:
+            loss.backward()
+        if grad_clip:
+            nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+        if amp.scaler is not None:
+            amp.scaler.step(optimizer)
+            amp.scaler.update()
+        else:
+            optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
+        total += loss.item() * len(x)
+        count += len(x)
+        bar.set_postfix(loss=f"{total / count:.4f}", lr=f"{optimizer.param_groups[0]['lr']:.2e}", refresh=False)
+        bar.update()
+    bar.close()
+    elapsed = time.perf_counter() - start
+    return {"train_loss": total / max(count, 1), "train_time_s": elapsed, "samples_per_s": count / max(elapsed, 1e-9)}
+
+
+@dataclass
+class Predictions:
+    """Image-space predictions of both stages for a data set, in data set order."""
+
+    points: np.ndarray  # (N, K, 2) stage 2 (H_f)
+    confidence: np.ndarray  # (N, K)
+    coarse_points: np.ndarray  # (N, K, 2) stage 1 (H0)
+    coarse_confidence: np.ndarray
+
+
+def predict(
+    net: LandmarkNet,
+    config: ModelConfig,
+    loader: DataLoader[dict[str, torch.Tensor]],
+    device: torch.device,
+    precision: Precision = "fp32",
+    channels_last: bool = False,
+    engine: InferenceModel | None = None,
+    show_progress: bool = False,
+) -> Predictions:
+    """Run the serving path (:class:`model.inference.InferenceModel`) over an un-augmented loader."""
+    was_training = net.training
+    net.eval()
+    engine = engine or InferenceModel(net, config, device, precision, channels_last)
+    outputs: list[LandmarkOutput] = []
+    for batch in tqdm(loader, desc="evaluate", disable=not show_progress, dynamic_ncols=True):
+        inverse = torch.from_numpy(np.stack([invert(m) for m in batch["matrix"].double().numpy()])).float()
+        outputs.append(engine(batch["image"], inverse, with_coarse=True))
+    net.train(was_training)
+
+    def cat(name: str) -> np.ndarray:
+        return torch.cat([getattr(o, name) for o in outputs]).double().numpy()
+
+    return Predictions(cat("points"), cat("confidence"), cat("coarse_points"), cat("coarse_confidence"))
+
+
+def lr_lambda_cosine(total_steps: int, warmup_steps: int) -> Any:
+    """Linear warm-up then cosine decay to 0, as a LambdaLR factor."""
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+    return factor

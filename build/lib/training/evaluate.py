@@ -1,0 +1,303 @@
+"""Evaluate a checkpoint: ``python -m training.evaluate --checkpoint CKPT --data ROOT [--format aflw2000]``.
+
+Reports NME (%) with inter-ocular, inter-pupil and box normalisation, CED, AUC@0.07 and failure rates, for
+stage 1 (H0) and stage 2 (H_f); the 300-W common / challenging / full subsets or AFLW2000-3D's yaw bins; and the
+rank correlation between per-point confidence and error. Writes ``report.json``, ``report.md``, ``ced.png`` and,
+with ``--save-examples N``, N pictures of predicted (coloured by confidence) and true (white) points.
+
+Face boxes are the tight boxes of the ground-truth landmarks (``--boxes gt``, the protocol's convention) or the
+service's detector (``--boxes detector``), which also reports the detector's recall.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from model.checkpoint import CheckpointError, load_for_inference
+from model.geometry import box_from_points, crop_matrix, invert, warp
+from model.inference import InferenceModel
+from model.render import draw_landmarks
+from training.datasets import W300_SUBSETS, DataError, Sample, load_image, load_samples
+from training.metrics import NORMALISERS, ced, nme, point_errors, spearman, summarise, yaw_table
+
+log = logging.getLogger("training.evaluate")
+
+
+@dataclass
+class Evaluation:
+    """Predictions for the faces that had a box, and which samples those were."""
+
+    samples: list[Sample]
+    points: np.ndarray  # (N, 68, 2) stage 2
+    confidence: np.ndarray  # (N, 68)
+    coarse_points: np.ndarray  # (N, 68, 2) stage 1
+    found: int
+    total: int
+
+
+class _Crops(Dataset[tuple[torch.Tensor, torch.Tensor]]):
+    def __init__(self, samples: list[Sample], boxes: list[np.ndarray], size: int) -> None:
+        self.samples, self.boxes, self.size = samples, boxes, size
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        m = crop_matrix(self.boxes[i], self.size)
+        crop = warp(load_image(self.samples[i].image), m, self.size)
+        return torch.from_numpy(crop), torch.from_numpy(invert(m)).float()
+
+
+def gt_boxes(samples: list[Sample]) -> list[np.ndarray]:
+    return [np.array([*s.points.min(0), *s.points.max(0)]) for s in samples]
+
+
+def detector_boxes(samples: list[Sample]) -> tuple[list[Sample], list[np.ndarray]]:
+    """Boxes of the service's detector; a face counts as found when a detection's centre lies in its GT box."""
+    from app.detector import HaarDetector, match_detection
+
+    detector = HaarDetector()
+    kept, boxes = [], []
+    for s in samples:
+        det = match_detection(detector(load_image(s.image)), gt_boxes([s])[0])
+        if det is not None:
+            kept.append(s)
+            boxes.append(np.asarray(det.box))
+    return kept, boxes
+
+
+def run(
+    engine: InferenceModel, samples: list[Sample], boxes: str, batch_size: int, workers: int, second_pass: bool = False
+) -> Evaluation:
+    """Predict every sample's face; ``second_pass`` re-crops from the first pass's landmarks (as the service does)."""
+    chosen, box_list = (samples, gt_boxes(samples)) if boxes == "gt" else detector_boxes(samples)
+    if not chosen:
+        raise DataError("no face to evaluate (the detector found none)")
+    ev = _predict(engine, chosen, box_list, batch_size, workers, len(samples))
+    if second_pass:
+        ev = _predict(engine, chosen, [box_from_points(p) for p in ev.points], batch_size, workers, len(samples))
+    return ev
+
+
+def _predict(
+    engine: InferenceModel, chosen: list[Sample], box_list: list[np.ndarray], batch_size: int, workers: int, total: int
+) -> Evaluation:
+    loader = DataLoader(_Crops(chosen, box_list, engine.config.input_size), batch_size=batch_size, num_workers=workers)
+    pts, conf, coarse = [], [], []
+    for crops, inverse in loader:
+        out = engine(crops, inverse, with_coarse=True)
+        assert out.coarse_points is not None
+        pts.append(out.points)
+        conf.append(out.confidence)
+        coarse.append(out.coarse_points)
+    return Evaluation(
+        chosen,
+        torch.cat(pts).double().numpy(),
+        torch.cat(conf).double().numpy(),
+        torch.cat(coarse).double().numpy(),
+        len(chosen),
+        total,
+    )
+
+
+def subsets_of(samples: list[Sample], fmt: str) -> dict[str, np.ndarray]:
+    """Masks of the protocol's subsets: 300-W common / challenging / full, else everything."""
+    names = np.array([s.subset for s in samples])
+    if fmt == "300w" and set(names) <= set(W300_SUBSETS["full"]):
+        return {k: np.isin(names, W300_SUBSETS[k]) for k in ("common", "challenging", "full")}
+    return {"all": np.ones(len(samples), bool)}
+
+
+def report(ev: Evaluation, gt: np.ndarray, fmt: str) -> dict[str, Any]:
+    """All numbers of one label set."""
+    out: dict[str, Any] = {"faces": ev.found, "samples": ev.total, "detector_recall": ev.found / ev.total}
+    for subset, mask in subsets_of(ev.samples, fmt).items():
+        if not mask.any():
+            continue
+        block: dict[str, Any] = {}
+        for norm_name, fn in NORMALISERS.items():
+            norm = fn(gt[mask])
+            block[norm_name] = {
+                "stage2": summarise(nme(ev.points[mask], gt[mask], norm)),
+                "stage1": summarise(nme(ev.coarse_points[mask], gt[mask], norm)),
+            }
+        out[subset] = block
+    box = NORMALISERS["box"](gt)
+    yaws = np.array([s.yaw if s.yaw is not None else np.nan for s in ev.samples])
+    if np.isfinite(yaws).all():
+        out["yaw_bins_box"] = {
+            "stage2": yaw_table(nme(ev.points, gt, box), yaws),
+            "stage1": yaw_table(nme(ev.coarse_points, gt, box), yaws),
+        }
+    errors = point_errors(ev.points, gt) / box[:, None]
+    out["confidence_spearman"] = spearman(ev.confidence, errors)
+    return out
+
+
+def write_markdown(path: Path, results: dict[str, Any], header: str) -> None:
+    lines = [f"# {header}", ""]
+    for label, res in results["label_sets"].items():
+        lines += [
+            f"## Labels: {label}",
+            "",
+            f"Faces evaluated: {res['faces']} of {res['samples']} "
+            f"(detector recall {100 * res['detector_recall']:.1f} %). "
+            f"Spearman(confidence, error) = {res['confidence_spearman']:.3f}.",
+            "",
+        ]
+        lines += [
+            "| subset | normalisation | stage | NME mean % | NME median % | AUC@0.07 % | fail@0.07 % | fail@0.10 % |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for subset, block in res.items():
+            if not isinstance(block, dict) or "box" not in block:
+                continue
+            for norm, stages in block.items():
+                for stage in ("stage1", "stage2"):
+                    s = stages[stage]
+                    lines.append(
+                        f"| {subset} | {norm} | {stage} | {s['nme_mean']:.2f} | {s['nme_median']:.2f} | "
+                        f"{s['auc_0.07']:.2f} | {s['failure_0.07']:.2f} | {s['failure_0.10']:.2f} |"
+                    )
+        if "yaw_bins_box" in res:
+            keys = [k for k in res["yaw_bins_box"]["stage2"] if not k.endswith("_count")]
+            lines += [
+                "",
+                "Box-normalised NME (%) by absolute yaw (3DDFA protocol):",
+                "",
+                "| stage | " + " | ".join(keys) + " |",
+                "|---" * (len(keys) + 1) + "|",
+            ]
+            for stage in ("stage1", "stage2"):
+                row = res["yaw_bins_box"][stage]
+                lines.append(f"| {stage} | " + " | ".join(f"{row[k]:.2f}" for k in keys) + " |")
+            counts = res["yaw_bins_box"]["stage2"]
+            lines.append(
+                "| faces | "
+                + " | ".join(f"{counts.get(k + '_count', float('nan')):.0f}" for k in keys[:-1])
+                + f" | {res['faces']} |"
+            )
+        lines.append("")
+    path.write_text("\n".join(lines))
+
+
+def plot_ced(path: Path, curves: dict[str, np.ndarray], title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4.5), dpi=120)
+    for label, errors in curves.items():
+        x, y = ced(errors, 0.1)
+        ax.plot(100 * x, 100 * y, label=f"{label} (mean {100 * errors.mean():.2f} %)")
+    ax.axvline(7, color="grey", lw=0.8, ls="--")
+    ax.set(xlabel="NME (%, box normalisation)", ylabel="faces (%)", title=title, xlim=(0, 10), ylim=(0, 100))
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def save_examples(out_dir: Path, ev: Evaluation, gt: np.ndarray, count: int) -> None:
+    import cv2
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    errors = nme(ev.points, gt, NORMALISERS["box"](gt))
+    order = np.argsort(errors)
+    picks = np.unique(order[np.linspace(0, len(order) - 1, min(count, len(order))).astype(int)])
+    for i in picks:
+        image = draw_landmarks(load_image(ev.samples[i].image), ev.points[i], ev.confidence[i], truth=gt[i])
+        name = f"{ev.samples[i].name}_nme{100 * errors[i]:.1f}.png"
+        cv2.imwrite(str(out_dir / name), image[:, :, ::-1])
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--checkpoint", type=Path, required=True)
+    p.add_argument("--data", type=Path, required=True, help="data set root")
+    p.add_argument("--format", default="aflw2000", choices=["aflw2000", "300w", "300w_lp", "pts_folder"])
+    p.add_argument("--split", default=None, help="aflw2000: split file (val); 300w: full | common | challenging")
+    p.add_argument("--labels", default=None, help="aflw2000: pts, mat or both (default both)")
+    p.add_argument("--boxes", default="gt", choices=["gt", "detector"])
+    p.add_argument("--out", type=Path, default=Path("runs/eval"))
+    p.add_argument("--device", default="auto")
+    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--workers", type=int, default=0)
+    p.add_argument("--save-examples", type=int, default=0, metavar="N")
+    p.add_argument("--flip-test", action="store_true", help="average with the mirrored crop (2x compute)")
+    p.add_argument("--second-pass", action="store_true", help="re-crop from the first pass's landmarks, run again")
+    return p
+
+
+def main(args: argparse.Namespace) -> dict[str, Any]:
+    engine = load_for_inference(args.checkpoint, args.device, args.precision, flip_test=args.flip_test)
+    label_sets = (
+        [args.labels]
+        if args.labels not in (None, "both")
+        else (["pts", "mat"] if args.format == "aflw2000" else [None])
+    )
+    results: dict[str, Any] = {
+        "checkpoint": str(args.checkpoint),
+        "data": str(args.data),
+        "format": args.format,
+        "split": args.split,
+        "boxes": args.boxes,
+        "precision": args.precision,
+        "flip_test": args.flip_test,
+        "second_pass": args.second_pass,
+        "model": engine.metadata.get("version"),
+        "label_sets": {},
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    curves: dict[str, np.ndarray] = {}
+    ev: Evaluation | None = None
+    for labels in label_sets:
+        samples = load_samples(args.format, args.data, args.split, labels)
+        if ev is None or args.boxes == "gt":  # GT boxes depend on the label set; detections do not
+            ev = run(engine, samples, args.boxes, args.batch_size, args.workers, args.second_pass)
+        names = {s.name: s for s in samples}
+        gt = np.stack([names[s.name].points for s in ev.samples])
+        key = labels or "default"
+        results["label_sets"][key] = report(ev, gt, args.format)
+        box = NORMALISERS["box"](gt)
+        curves[f"{key} stage 2"] = nme(ev.points, gt, box)
+        curves[f"{key} stage 1"] = nme(ev.coarse_points, gt, box)
+        if args.save_examples and key == (label_sets[0] or "default"):
+            save_examples(args.out / "examples", ev, gt, args.save_examples)
+    title = f"{args.data.name} {args.split or ''} ({args.boxes} boxes)"
+    (args.out / "report.json").write_text(json.dumps(results, indent=2))
+    write_markdown(args.out / "report.md", results, f"Evaluation of {args.checkpoint.name} on {title}")
+    plot_ced(args.out / "ced.png", curves, title)
+    log.info("wrote %s", args.out)
+    return results
+
+
+def cli() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        results = main(get_args_parser().parse_args())
+    except (DataError, CheckpointError, ValueError) as exc:
+        log.error("%s", exc)
+        raise SystemExit(2) from exc
+    for label, res in results["label_sets"].items():
+        block = next(v for v in res.values() if isinstance(v, dict) and "box" in v)
+        print(
+            f"{label}: box NME stage2 {block['box']['stage2']['nme_mean']:.2f} % "
+            f"(stage1 {block['box']['stage1']['nme_mean']:.2f} %), faces {res['faces']}/{res['samples']}"
+        )
+
+
+if __name__ == "__main__":
+    cli()
