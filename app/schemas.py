@@ -20,7 +20,10 @@ class Face(BaseModel):
         "around the 68 points: the caller's box; the detector's box mapped to that convention; or, with the "
         "second pass, the tight box of the first pass's landmarks",
     )
-    detection_score: float | None = Field(description="detector confidence in (0, 1); null for caller boxes")
+    detection_score: float | None = Field(
+        description="the Haar cascade's level weight squashed into (0, 1): higher is more certain, but it is not a "
+        "calibrated probability; null for caller boxes"
+    )
     landmarks: list[list[float]] = Field(
         description="68 [x, y] float pixel coordinates in the original image, iBUG 300-W order; pixel centres "
         "are integers, (0, 0) is the centre of the top-left pixel"

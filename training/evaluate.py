@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
 
 from model.checkpoint import CheckpointError, load_for_inference
 from model.geometry import box_from_points, crop_matrix, invert, warp
@@ -67,7 +69,7 @@ def detector_boxes(samples: list[Sample]) -> tuple[list[Sample], list[np.ndarray
 
     detector = HaarDetector()
     kept, boxes = [], []
-    for s in samples:
+    for s in tqdm(samples, desc="detect", disable=not sys.stderr.isatty(), dynamic_ncols=True):
         det = match_detection(detector(load_image(s.image)), gt_boxes([s])[0])
         if det is not None:
             kept.append(s)
@@ -93,7 +95,7 @@ def _predict(
 ) -> Evaluation:
     loader = DataLoader(_Crops(chosen, box_list, engine.config.input_size), batch_size=batch_size, num_workers=workers)
     pts, conf, coarse = [], [], []
-    for crops, inverse in loader:
+    for crops, inverse in tqdm(loader, desc="evaluate", disable=not sys.stderr.isatty(), dynamic_ncols=True):
         out = engine(crops, inverse, with_coarse=True)
         assert out.coarse_points is not None
         pts.append(out.points)
