@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from app.deps import MetricsDep
+from app.deps import MetricsDep, ServiceDep
 from app.errors import unavailable
 from app.schemas import ErrorResponse, Health, ModelCard
 
@@ -42,10 +42,7 @@ async def ready(request: Request) -> Health:
     summary="the served model and where it came from",
     responses={503: {"model": ErrorResponse, "description": "the model is not loaded yet"}},
 )
-async def model_card(request: Request) -> ModelCard:
-    service = getattr(request.app.state, "service", None)
-    if service is None:
-        raise unavailable("not_ready", "the model is not loaded yet")
+async def model_card(service: ServiceDep) -> ModelCard:
     engine = service.predictor.engine
     meta = engine.metadata
     return ModelCard(
