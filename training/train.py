@@ -131,7 +131,7 @@ def make_loader(
         sampler=sampler,
         num_workers=workers,
         drop_last=shuffle,
-        persistent_workers=workers > 0,
+        persistent_workers=False,  # workers must see set_epoch(): persistent ones keep epoch-0 augmentation
         pin_memory=torch.cuda.is_available(),
     )
 

@@ -92,3 +92,25 @@ def test_augmentation_is_reproducible_per_epoch(tmp_path):
     assert (a == b).all()
     dataset.set_epoch(1)
     assert not (dataset[0]["image"] == a).all()
+
+
+def test_loader_workers_see_each_epochs_augmentation(tmp_path):
+    # Regression: persistent DataLoader workers kept their copy of the dataset at epoch 0, so every epoch
+    # replayed the same augmented crops.
+    import cv2
+
+    from training.train import make_loader
+
+    cv2.imwrite(str(tmp_path / "f.png"), np.random.default_rng(0).integers(0, 255, (200, 200, 3), np.uint8))
+    sample = Sample(tmp_path / "f.png", mean_face(90, (100, 100)), "f")
+    dataset = LandmarkDataset([sample, sample], tiny_config(), Augmentation(), seed=1)
+    loader = make_loader(dataset, batch_size=2, workers=1, shuffle=False)
+    seen = []
+    for epoch in range(3):
+        dataset.set_epoch(epoch)
+        (batch,) = list(loader)
+        expected = dataset[0]["image"]  # what this epoch's augmentation gives in the main process
+        assert (batch["image"][0] == expected).all()
+        seen.append(batch["image"][0])
+    assert not (seen[0] == seen[1]).all()
+    assert not (seen[1] == seen[2]).all()
