@@ -3,7 +3,7 @@
 Layout::
 
     {"format": "dsc-landmarks/1", "config": ModelConfig.to_dict(), "state_dict": {...},
-     "metadata": {"name", "version", "training": {...}, "metrics": {...}, "calibration": {"xs", "ys"}, ...}}
+     "metadata": {"name", "version", "training": {...}, "metrics": {...}, "calibration": {"xs", "ys", "score"}, ...}}
 
 Every failure to load raises :class:`CheckpointError` with a message that names the file and the cause.
 """
@@ -11,6 +11,7 @@ Every failure to load raises :class:`CheckpointError` with a message that names 
 from __future__ import annotations
 
 import json
+import logging
 import pickle
 import zipfile
 from pathlib import Path
@@ -18,12 +19,13 @@ from typing import Any
 
 import torch
 
-from model.codec import Calibration
+from model.codec import CONFIDENCE_SCORE, Calibration
 from model.config import ModelConfig
 from model.inference import InferenceModel, Precision, prepare
 from model.network import LandmarkNet, build_model
 
 FORMAT = "dsc-landmarks/1"
+log = logging.getLogger(__name__)
 
 
 class CheckpointError(RuntimeError):
@@ -90,9 +92,23 @@ def load_checkpoint(
 
 
 def calibration_from_metadata(metadata: dict[str, Any]) -> Calibration | None:
-    """The confidence calibration stored in checkpoint metadata, if any."""
+    """The confidence calibration stored in checkpoint metadata, if any and if fitted on today's score.
+
+    A calibration fitted on another raw score (older checkpoints fitted the refined peak height alone) would map
+    the wrong quantity, so it is ignored with a warning and the raw score is served until ``training.calibrate``
+    is re-run.
+    """
     raw = metadata.get("calibration")
     if not raw:
+        return None
+    score = raw.get("score", "peak")
+    if score != CONFIDENCE_SCORE:
+        log.warning(
+            "ignoring the stored confidence calibration: it was fitted on score %r, this version computes %r; "
+            "re-run training.calibrate",
+            score,
+            CONFIDENCE_SCORE,
+        )
         return None
     return Calibration(xs=tuple(raw["xs"]), ys=tuple(raw["ys"]))
 

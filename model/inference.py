@@ -12,7 +12,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
-from model.codec import Calibration, decode
+from model.codec import Calibration, confidence, decode, peak_height
 from model.config import ModelConfig
 from model.geometry import heatmap_to_image
 from model.landmarks import MIRROR
@@ -48,7 +48,6 @@ class LandmarkOutput:
     points: Tensor
     confidence: Tensor
     coarse_points: Tensor | None = None
-    coarse_confidence: Tensor | None = None
 
 
 @dataclass
@@ -88,12 +87,12 @@ class InferenceModel:
                 heatmaps = _average_with_flip(heatmaps, self.net(x.flip(-1)))
         stride = self.config.heatmap_stride
         inverse = inverse_matrices.to(self.device)
-        points, confidence = decode(heatmaps.refined, self.calibration)
-        out = LandmarkOutput(heatmap_to_image(points, inverse, stride).cpu(), confidence.cpu())
+        points, peak = decode(heatmaps.refined)
+        conf = confidence(peak, peak_height(heatmaps.coarse), self.calibration)
+        out = LandmarkOutput(heatmap_to_image(points, inverse, stride).cpu(), conf.cpu())
         if with_coarse:
-            coarse, coarse_conf = decode(heatmaps.coarse, self.calibration)
+            coarse, _ = decode(heatmaps.coarse)
             out.coarse_points = heatmap_to_image(coarse, inverse, stride).cpu()
-            out.coarse_confidence = coarse_conf.cpu()
         return out
 
 

@@ -4,8 +4,9 @@
 
 Calibrated confidence = the estimated probability that a point lies within ``--tolerance`` (default 5 %) of the
 face size (sqrt(w h) of the landmark box) from the truth, fitted by isotonic regression of that event on the raw
-peak height (a monotone map, so the ranking of points is unchanged). The map is stored as at most 32 knots in the
-checkpoint metadata and applied by ``model.codec.decode``. Writes ``calibration.json`` and a reliability plot.
+score of ``model.codec.confidence`` (a monotone map, so the ranking of points is unchanged). The map is stored as
+at most 32 knots in the checkpoint metadata, with the score's name, and applied by ``model.codec.confidence``.
+Writes ``calibration.json`` and a reliability plot.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import torch
 from scipy.optimize import isotonic_regression
 
 from model.checkpoint import load_checkpoint, load_for_inference, save_checkpoint
-from model.codec import Calibration
+from model.codec import CONFIDENCE_SCORE, Calibration
 from training.datasets import load_samples
 from training.evaluate import run
 from training.metrics import box_size, point_errors, spearman
@@ -70,7 +71,7 @@ def plot(path: Path, before: list[dict[str, float]], after: list[dict[str, float
 
     fig, ax = plt.subplots(figsize=(5, 5), dpi=120)
     ax.plot([0, 1], [0, 1], color="grey", lw=0.8, ls="--", label="perfect")
-    for rows, label in ((before, "raw peak height"), (after, "calibrated")):
+    for rows, label in ((before, "raw score"), (after, "calibrated")):
         ax.plot([r["confidence"] for r in rows], [r["hit_rate"] for r in rows], marker="o", label=label)
     ax.set(
         xlabel="confidence",
@@ -97,7 +98,7 @@ def main() -> dict[str, Any]:
     parser.add_argument("--report-dir", type=Path, default=None, help="default: beside --out")
     args = parser.parse_args()
     engine = load_for_inference(args.checkpoint, "cpu")
-    engine.calibration = None  # fit on the raw peak heights
+    engine.calibration = None  # fit on the raw score
     samples = load_samples(args.format, args.data, args.split)
     ev = run(engine, samples, "gt", batch_size=32, workers=0)
     gt = np.stack([s.points for s in ev.samples])
@@ -118,7 +119,7 @@ def main() -> dict[str, Any]:
         "ece_calibrated": ece_after,
         "reliability_raw": before,
         "reliability_calibrated": after,
-        "knots": {"xs": list(calibration.xs), "ys": list(calibration.ys)},
+        "knots": {"xs": list(calibration.xs), "ys": list(calibration.ys), "score": CONFIDENCE_SCORE},
     }
     net, config, metadata = load_checkpoint(args.checkpoint)
     metadata = {

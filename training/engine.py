@@ -101,7 +101,6 @@ class Predictions:
     points: np.ndarray  # (N, K, 2) stage 2 (H_f)
     confidence: np.ndarray  # (N, K)
     coarse_points: np.ndarray  # (N, K, 2) stage 1 (H0)
-    coarse_confidence: np.ndarray
 
 
 def predict(
@@ -127,7 +126,7 @@ def predict(
     def cat(name: str) -> np.ndarray:
         return torch.cat([getattr(o, name) for o in outputs]).double().numpy()
 
-    return Predictions(cat("points"), cat("confidence"), cat("coarse_points"), cat("coarse_confidence"))
+    return Predictions(cat("points"), cat("confidence"), cat("coarse_points"))
 
 
 def lr_lambda_cosine(total_steps: int, warmup_steps: int) -> Any:

@@ -94,11 +94,13 @@ AFLW2000-3D images and validated on 200 others of the same set, at a quarter of 
 
 ## Confidence
 
-Per-point confidence is the heatmap peak height mapped by an isotonic fit (`calibration.json`,
+Per-point confidence is a raw score — the geometric mean of the point's peak heights in H_f and H0 and of the
+face's mean over its points (`model.codec.confidence`) — mapped by an isotonic fit (`calibration.json`,
 `calibration.png`) to the probability that the point lies within {100 * cal["tolerance"]:.0f} % of the face size
-of the truth. Spearman(confidence, error) on val: **{cal["spearman_calibrated"]:.3f}** (the map is monotone, so
-the ranking is the raw peak height's: {cal["spearman_raw"]:.3f}). Expected calibration error {cal["ece_raw"]:.3f}
-→ {cal["ece_calibrated"]:.3f} — fitted and measured on the same 200 faces, so the second number is optimistic.
+of the truth. Spearman(confidence, error) on val: **{cal["spearman_calibrated"]:.3f}** (raw score
+{cal["spearman_raw"]:.3f}; the map is monotone, its flat steps only add ties). Expected calibration error
+{cal["ece_raw"]:.3f} → {cal["ece_calibrated"]:.3f} — fitted and measured on the same 200 faces, so the second
+number is optimistic.
 
 ## With the service's detector
 

@@ -3,7 +3,14 @@ import dataclasses
 import pytest
 import torch
 
-from model.checkpoint import CheckpointError, load_checkpoint, load_for_inference, save_checkpoint
+from model.checkpoint import (
+    CheckpointError,
+    calibration_from_metadata,
+    load_checkpoint,
+    load_for_inference,
+    save_checkpoint,
+)
+from model.codec import CONFIDENCE_SCORE
 from model.geometry import crop_matrix, invert
 from model.landmarks import MIRROR
 from model.network import build_model
@@ -58,7 +65,8 @@ def test_weights_that_do_not_fit_the_config_are_refused(tmp_path):
 def test_load_for_inference_returns_image_space_points(tmp_path):
     config = tiny_config()
     path = tmp_path / "m.pt"
-    save_checkpoint(path, build_model(config), config, {"calibration": {"xs": [0.0, 1.0], "ys": [0.0, 0.5]}})
+    calibration = {"xs": [0.0, 1.0], "ys": [0.0, 0.5], "score": CONFIDENCE_SCORE}
+    save_checkpoint(path, build_model(config), config, {"calibration": calibration})
     engine = load_for_inference(path, device="auto")
     assert engine.device.type in ("cpu", "cuda")
     assert not engine.net.training
@@ -106,3 +114,11 @@ def test_flip_test_is_symmetric_for_a_symmetric_network_output(tmp_path):
     b = engine(crops.flip(2), eye).points[0]
     mirrored = torch.stack([config.input_size - 1 - b[:, 0], b[:, 1]], 1)[list(MIRROR)]
     torch.testing.assert_close(a, mirrored, atol=1e-3, rtol=0)
+
+
+def test_a_calibration_fitted_on_another_score_is_ignored_with_a_warning(caplog):
+    knots = {"xs": [0.0, 1.0], "ys": [0.0, 0.5]}
+    assert calibration_from_metadata({"calibration": {**knots, "score": CONFIDENCE_SCORE}}) is not None
+    with caplog.at_level("WARNING"):
+        assert calibration_from_metadata({"calibration": knots}) is None  # older files: fitted on the peak alone
+    assert "re-run training.calibrate" in caplog.text

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from model.codec import Calibration, decode, encode
+from model.codec import Calibration, confidence, decode, encode, peak_height
 
 
 def test_encode_decode_round_trip_is_sub_pixel():
@@ -53,3 +53,28 @@ def test_calibration_is_monotone_piecewise_linear_and_validated():
         Calibration(xs=(0.0, 0.0), ys=(0.0, 1.0))
     with pytest.raises(ValueError, match="non-decreasing"):
         Calibration(xs=(0.0, 1.0), ys=(0.5, 0.1))
+
+
+def test_confidence_is_the_peak_when_both_stages_and_all_points_agree():
+    peak = torch.full((2, 68), 0.6)
+    torch.testing.assert_close(confidence(peak, peak.clone()), peak)
+    hm = encode(torch.tensor([[[4.0, 6.0]]]), size=12, sigma=1.0) * 0.7
+    torch.testing.assert_close(peak_height(hm), decode(hm)[1])
+
+
+def test_confidence_falls_with_a_weak_stage_1_peak_and_with_a_weak_face():
+    peak = torch.full((2, 68), 0.8)
+    coarse = peak.clone()
+    coarse[0, 5] = 0.2  # stage 1 unsure about one point of face 0
+    coarse[1] = 0.3  # stage 1 unsure about all of face 1
+    conf = confidence(peak, coarse)
+    assert conf.shape == (2, 68)
+    assert conf[0, 5] < conf[0, 6] < 0.8
+    assert (conf[1] < conf[0, 6]).all()
+    assert ((conf >= 0) & (conf <= 1)).all()
+
+
+def test_confidence_applies_the_calibration_last():
+    peak = torch.tensor([[0.2, 0.9]])
+    cal = Calibration(xs=(0.0, 1.0), ys=(0.0, 0.5))
+    torch.testing.assert_close(confidence(peak, peak, cal), confidence(peak, peak) / 2)
