@@ -1,6 +1,10 @@
 """Model benchmark: faces/s per preset, batch size and precision; FLOPs per face; share of the matmul peak.
 
     python -m benchmarks.model_bench [--presets cpu,paper_s4] [--batch-sizes 1,2,4,8,16,32] [--out FILE]
+    python -m benchmarks.model_bench --presets cpu --modes bf16 --batch-sizes 8 --compile   # + torch.compile
+
+With ``--compile`` each preset's last mode at the largest batch size is also timed through ``torch.compile``
+(inductor), alternating with eager in rounds so that machine noise hits both alike.
 
 Throughput is the whole inference path the service runs per batch (normalise, network, sub-pixel decode,
 inverse affine). Achieved GFLOP/s are compared with the best large-matmul rate of the same dtype on the same
@@ -10,7 +14,11 @@ threads, measured in the same run.
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import functools
+import time
 from pathlib import Path
+from typing import cast
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
@@ -19,7 +27,7 @@ from benchmarks.common import machine, table, timeit
 from model.codec import decode
 from model.config import ModelConfig, preset
 from model.inference import InferenceModel, cpu_supports_bf16
-from model.network import build_model, normalize_input, to_channels_last
+from model.network import LandmarkNet, build_model, normalize_input, to_channels_last
 
 MODES = {  # name: (precision, channels_last)
     "fp32": ("fp32", False),
@@ -62,6 +70,24 @@ def throughput(config: ModelConfig, mode: str, batch: int) -> float:
     return batch / seconds
 
 
+def compile_comparison(config: ModelConfig, mode: str, batch: int, rounds: int = 3) -> list[list[object]]:
+    """Faces/s of eager vs ``torch.compile`` for the same weights, alternating in ``rounds``; compile seconds."""
+    eager = engine_for(config, mode)
+    crops = torch.randint(0, 255, (batch, config.input_size, config.input_size, 3), dtype=torch.uint8)
+    inverse = torch.eye(2, 3).expand(batch, 2, 3).contiguous()
+    compiled = dataclasses.replace(eager, net=cast(LandmarkNet, torch.compile(eager.net)))
+    start = time.perf_counter()
+    compiled(crops, inverse)
+    compile_s = time.perf_counter() - start
+    rows: list[list[object]] = []
+    for r in range(rounds):
+        fps = [batch / timeit(functools.partial(e, crops, inverse), min_time=3.0) for e in (eager, compiled)]
+        rows.append([f"round {r + 1}", f"{fps[0]:.1f}", f"{fps[1]:.1f}", f"{fps[1] / fps[0]:.2f}"])
+        print(f"compile {config.name} {mode} b{batch}: {rows[-1]}", flush=True)
+    rows.append(["first call (compile) s", "", f"{compile_s:.0f}", ""])
+    return rows
+
+
 def stage_costs(config: ModelConfig, mode: str, batch: int) -> list[tuple[str, float]]:
     """Milliseconds per face of each stage at one batch size."""
     engine = engine_for(config, mode)
@@ -100,6 +126,7 @@ def main() -> None:
     parser.add_argument("--batch-sizes", default="1,2,4,8,16,32")
     parser.add_argument("--modes", default="fp32,fp32+cl,bf16,bf16+cl")
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--compile", action="store_true", help="also compare torch.compile with eager")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     if args.threads:
@@ -145,6 +172,14 @@ def main() -> None:
                 f"Stage costs ({best_mode}, batch 8, ms per face):",
                 "",
                 table(["stage", "ms / face"], [(n, f"{c:.2f}") for n, c in costs]),
+                "",
+            ]
+        if args.compile:
+            rows_c = compile_comparison(config, modes[-1], sizes[-1])
+            block += [
+                f"torch.compile vs eager ({modes[-1]}, batch {sizes[-1]}, faces/s, alternating rounds):",
+                "",
+                table(["", "eager", "compiled", "compiled / eager"], rows_c),
                 "",
             ]
         print("\n".join(block), flush=True)
