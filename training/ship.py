@@ -5,7 +5,8 @@
 Steps: calibrate the confidence on the val split (``training.calibrate``) into ``dsc_landmarks_cpu.pt``; evaluate
 it with ground-truth boxes on both AFLW2000-3D label sets and with the service's detector (with and without the
 second pass); copy the resolved training config and the per-epoch log; write ``README.md`` (the model card) from
-those files, so every number in it comes from a committed report.
+those files, so every number in it comes from a committed report. A ``NOTES.md`` in the run folder (what
+happened during the run that its log alone does not say) is copied into the card.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ def block(report: dict[str, Any], labels: str) -> dict[str, Any]:
     return next(v for v in res.values() if isinstance(v, dict) and "box" in v)
 
 
-def card(weights: Path, data: Path) -> str:
+def card(weights: Path, data: Path, run_notes: str = "") -> str:
     gt = json.loads((weights / "report" / "report.json").read_text())
     det = json.loads((weights / "report_detector" / "report.json").read_text())
     det2 = json.loads((weights / "report_detector_second_pass" / "report.json").read_text())
@@ -57,6 +58,7 @@ def card(weights: Path, data: Path) -> str:
     d1, d2 = block(det, "pts")["box"]["stage2"], block(det2, "pts")["box"]["stage2"]
     recall = det["label_sets"]["pts"]["detector_recall"]
     box = pts["box"]["stage2"]
+    notes = f"\n## Notes on this run\n\n{run_notes.strip()}\n" if run_notes.strip() else ""
     return f"""# Shipped model: `{CHECKPOINT}`
 
 The `cpu` preset of the paper's two-stage network (128×128 input, 32×32 heatmaps, FC-DenseNet56 + kernel
@@ -120,7 +122,7 @@ Deviations from the paper's recipe (`training/configs/paper_300wlp.yaml` keeps t
 | paper | here | why |
 |---|---|---|
 {chr(10).join(f"| {a} | {b} | {c} |" for a, b, c in DEVIATIONS)}
-"""
+{notes}"""
 
 
 DEVIATIONS = (
@@ -181,7 +183,8 @@ def main() -> None:
     )
     for name in ("config.yaml", "log.jsonl"):
         shutil.copy(args.run / name, w / name)
-    (w / "README.md").write_text(card(w, args.data))
+    notes = args.run / "NOTES.md"
+    (w / "README.md").write_text(card(w, args.data, notes.read_text() if notes.is_file() else ""))
     print(f"wrote {w}")
 
 

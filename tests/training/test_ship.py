@@ -64,3 +64,6 @@ def test_model_card_quotes_the_committed_reports(tmp_path):
     assert "**6.10 %**" in text
     assert "| pts | box | stage2 | 4.20 |" in text
     assert "research and non-commercial use only" in text
+    assert "Notes on this run" not in text
+    noted = card(tmp_path, tmp_path, "Resumed at epoch 70.\n")
+    assert noted.endswith("## Notes on this run\n\nResumed at epoch 70.\n")
