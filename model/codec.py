@@ -119,8 +119,8 @@ def confidence(peak: Tensor, coarse_peak: Tensor, calibration: Calibration | Non
     The raw score is ``sqrt(s_k * mean_k s)`` with ``s_k = sqrt(peak_k * coarse_peak_k)``: a point is trusted when
     both stages put a clear peak on it and the face as a whole is clear (errors of one face are correlated: a bad
     crop or an occluded face moves all its points). Without fitted parameters this ranks points by error better
-    than the refined peak alone (Spearman with the point error -0.56 vs -0.50 on the AFLW2000-3D val split, and
-    the same on the train split, for the epoch-49 checkpoint). ``calibration`` (fitted on this score, see
+    than the refined peak alone (Spearman with the point error on the AFLW2000-3D val split: -0.54 vs -0.47 for
+    the shipped weights; chosen on an earlier snapshot, where train and val agreed). ``calibration`` (fitted on this score, see
     :mod:`training.calibrate`) then maps it to the probability that the point is within tolerance.
     """
     per_point = torch.sqrt(peak.clamp(0.0, 1.0) * coarse_peak.clamp(0.0, 1.0))
