@@ -19,7 +19,7 @@ CONFIDENCE_SCORE = "stage-face-geomean"  # what :func:`confidence` computes; sto
 
 @dataclass(frozen=True)
 class Calibration:
-    """Monotone piecewise-linear map from raw peak confidence to calibrated confidence (fitted on val).
+    """Monotone piecewise-linear map from the raw confidence score to calibrated confidence (fitted on val).
 
     ``xs`` strictly increasing raw values, ``ys`` non-decreasing values in [0, 1]; outside ``xs`` the end values
     hold. Stored in checkpoint metadata as two lists with the name of the score they were fitted on
@@ -120,8 +120,8 @@ def confidence(peak: Tensor, coarse_peak: Tensor, calibration: Calibration | Non
     both stages put a clear peak on it and the face as a whole is clear (errors of one face are correlated: a bad
     crop or an occluded face moves all its points). Without fitted parameters this ranks points by error better
     than the refined peak alone (Spearman with the point error on the AFLW2000-3D val split: -0.54 vs -0.47 for
-    the shipped weights; chosen on an earlier snapshot, where train and val agreed). ``calibration`` (fitted on this score, see
-    :mod:`training.calibrate`) then maps it to the probability that the point is within tolerance.
+    the shipped weights; chosen on an earlier snapshot, where train and val agreed). ``calibration`` (fitted on
+    this score, see :mod:`training.calibrate`) then maps it to the probability that the point is within tolerance.
     """
     per_point = torch.sqrt(peak.clamp(0.0, 1.0) * coarse_peak.clamp(0.0, 1.0))
     score = torch.sqrt(per_point * per_point.mean(dim=-1, keepdim=True))
