@@ -62,10 +62,15 @@ def engine_for(config: ModelConfig, mode: str) -> InferenceModel:
     return InferenceModel(net, config, torch.device("cpu"), precision, channels_last)  # type: ignore[arg-type]
 
 
+def random_batch(config: ModelConfig, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``batch`` random uint8 crops of the preset's input size and identity crop -> image affines."""
+    crops = torch.randint(0, 255, (batch, config.input_size, config.input_size, 3), dtype=torch.uint8)
+    return crops, torch.eye(2, 3).expand(batch, 2, 3).contiguous()
+
+
 def throughput(config: ModelConfig, mode: str, batch: int) -> float:
     engine = engine_for(config, mode)
-    crops = torch.randint(0, 255, (batch, config.input_size, config.input_size, 3), dtype=torch.uint8)
-    inverse = torch.eye(2, 3).expand(batch, 2, 3).contiguous()
+    crops, inverse = random_batch(config, batch)
     seconds = timeit(lambda: engine(crops, inverse), min_time=1.5 if batch * config.input_size < 4096 else 3.0)
     return batch / seconds
 
@@ -73,8 +78,7 @@ def throughput(config: ModelConfig, mode: str, batch: int) -> float:
 def compile_comparison(config: ModelConfig, mode: str, batch: int, rounds: int = 3) -> list[list[object]]:
     """Faces/s of eager vs ``torch.compile`` for the same weights, alternating in ``rounds``; compile seconds."""
     eager = engine_for(config, mode)
-    crops = torch.randint(0, 255, (batch, config.input_size, config.input_size, 3), dtype=torch.uint8)
-    inverse = torch.eye(2, 3).expand(batch, 2, 3).contiguous()
+    crops, inverse = random_batch(config, batch)
     compiled = dataclasses.replace(eager, net=cast(LandmarkNet, torch.compile(eager.net)))
     start = time.perf_counter()
     compiled(crops, inverse)
@@ -92,7 +96,7 @@ def stage_costs(config: ModelConfig, mode: str, batch: int) -> list[tuple[str, f
     """Milliseconds per face of each stage at one batch size."""
     engine = engine_for(config, mode)
     net = engine.net
-    x = normalize_input(torch.randint(0, 255, (batch, config.input_size, config.input_size, 3), dtype=torch.uint8))
+    x = normalize_input(random_batch(config, batch)[0])
     if engine.channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     dtype = torch.bfloat16 if engine.precision == "bf16" else None
