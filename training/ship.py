@@ -31,7 +31,7 @@ def block(report: dict[str, Any], labels: str) -> dict[str, Any]:
     return next(v for v in res.values() if isinstance(v, dict) and "box" in v)
 
 
-def card(weights: Path, data: Path, run_notes: str = "") -> str:
+def card(weights: Path, run_notes: str = "") -> str:
     gt = json.loads((weights / "report" / "report.json").read_text())
     det = json.loads((weights / "report_detector" / "report.json").read_text())
     det2 = json.loads((weights / "report_detector_second_pass" / "report.json").read_text())
@@ -184,7 +184,7 @@ def main() -> None:
     for name in ("config.yaml", "log.jsonl"):
         shutil.copy(args.run / name, w / name)
     notes = args.run / "NOTES.md"
-    (w / "README.md").write_text(card(w, args.data, notes.read_text() if notes.is_file() else ""))
+    (w / "README.md").write_text(card(w, notes.read_text() if notes.is_file() else ""))
     print(f"wrote {w}")
 
 

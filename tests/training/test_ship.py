@@ -57,7 +57,7 @@ def test_model_card_quotes_the_committed_reports(tmp_path):
         )
     )
     (tmp_path / "log.jsonl").write_text("\n".join(json.dumps({"epoch": e, "val_nme_box": 10 - e}) for e in range(5)))
-    text = card(tmp_path, tmp_path)
+    text = card(tmp_path)
     assert "**4.20 %**" in text
     assert "Best epoch 5 of 5" in text
     assert "**78.0 %**" in text
@@ -65,5 +65,5 @@ def test_model_card_quotes_the_committed_reports(tmp_path):
     assert "| pts | box | stage2 | 4.20 |" in text
     assert "research and non-commercial use only" in text
     assert "Notes on this run" not in text
-    noted = card(tmp_path, tmp_path, "Resumed at epoch 70.\n")
+    noted = card(tmp_path, "Resumed at epoch 70.\n")
     assert noted.endswith("## Notes on this run\n\nResumed at epoch 70.\n")
