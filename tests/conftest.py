@@ -15,6 +15,7 @@ from model.network import build_model
 torch.set_num_threads(2)
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "aflw2000-3d"
+SHARED_300W = SHARED_DATA.parent / "300w-subset"
 
 
 def tiny_config(**overrides: object) -> ModelConfig:
@@ -60,6 +61,13 @@ def aflw_dir() -> Path:
     if not (SHARED_DATA / "val.txt").is_file():
         pytest.skip(f"real data not present at {SHARED_DATA}")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def w300_dir() -> Path:
+    if not (SHARED_300W / "val.txt").is_file():
+        pytest.skip(f"real data not present at {SHARED_300W}")
+    return SHARED_300W
 
 
 def mean_face(size: float = 100.0, centre: tuple[float, float] = (0.0, 0.0)) -> np.ndarray:

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from model.config import ModelConfig, preset
 from training.transforms import Augmentation
@@ -19,13 +19,32 @@ class _Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", protected_namespaces=())
 
 
+Norm = Literal["box", "inter_ocular", "inter_pupil"]
+
+
 class DatasetSpec(_Frozen):
-    """Where samples come from. ``split``: AFLW2000-3D split file name, 300-W subset, or 300W-LP subsets."""
+    """Where samples come from, and how much of an epoch they make up (train) or how they are scored (val).
+
+    ``split``: AFLW2000-3D split file name, 300-W subset, a split file or sub-folder of a ``pts_folder``, or
+    300W-LP subsets. ``weight``: this data set's share of an epoch's draws, relative to the other training sets.
+    ``norm``: the NME normalisation its validation reports (box for AFLW2000-3D, inter-ocular for 300-W).
+    """
 
     format: Literal["aflw2000", "300w", "300w_lp", "pts_folder"]
     root: Path
     split: str | None = None
     labels: str | None = None  # aflw2000: pts | mat; 300w_lp: pts_2d | pts_3d
+    name: str | None = None  # in log keys (val_<name>_nme); defaults to the format
+    weight: float = Field(1.0, gt=0)
+    norm: Norm = "box"
+
+    @property
+    def key(self) -> str:
+        return self.name or self.format
+
+
+def _as_list(value: Any) -> Any:
+    return [value] if isinstance(value, dict | DatasetSpec) else value
 
 
 class OptimConfig(_Frozen):
@@ -47,8 +66,10 @@ class TrainConfig(_Frozen):
 
     model: str = "cpu"
     model_overrides: dict[str, Any] = Field(default_factory=dict)
-    train: DatasetSpec
-    val: DatasetSpec | None = None
+    train: list[DatasetSpec]  # one or several; an epoch draws from all of them by their weights
+    val: list[DatasetSpec] = Field(default_factory=list)  # each is validated and logged on its own
+    select: dict[str, float] = Field(default_factory=dict)  # best.pt: lowest weighted mean of these val NMEs
+    epoch_size: int | None = Field(None, ge=1)  # draws per epoch; default: the training sets' total size
     augment: Augmentation = Augmentation()  # validated by pydantic like the rest
     optim: OptimConfig = OptimConfig()
     epochs: int = Field(100, ge=1)
@@ -62,6 +83,27 @@ class TrainConfig(_Frozen):
     max_steps_per_epoch: int | None = None  # smoke tests
     skip_bad: bool = False  # skip unreadable samples with a counted warning instead of stopping
     init_checkpoint: Path | None = None  # fine-tune from these weights (same model config)
+
+    @field_validator("train", "val", mode="before")
+    @classmethod
+    def _one_or_many(cls, value: Any) -> Any:
+        return [] if value is None else _as_list(value)
+
+    @model_validator(mode="after")
+    def _check_names(self) -> TrainConfig:
+        if not self.train:
+            raise ValueError("train lists no data set")
+        names = [spec.key for spec in self.val]
+        if len(set(names)) != len(names):
+            raise ValueError(f"val data sets need distinct names, got {names}")
+        unknown = set(self.select) - set(names)
+        if unknown:
+            raise ValueError(f"select names {sorted(unknown)}, which are not val data sets {names}")
+        return self
+
+    def selection_weights(self) -> dict[str, float]:
+        """Val set name -> weight of its NME in the selection criterion (all equal unless ``select`` says)."""
+        return dict(self.select) if self.select else {spec.key: 1.0 for spec in self.val}
 
     def network_config(self) -> ModelConfig:
         base = preset(self.model).to_dict()

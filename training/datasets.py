@@ -6,6 +6,8 @@ All readers return :class:`Sample` lists with 0-based float pixel coordinates (p
 
 Supported layouts:
 
+* **300-W style folders with a split file**: ``<root>/images/<stem>.{jpg,pts}`` (or directly under ``root``)
+  plus ``<root>/<split>.txt`` listing stems (:func:`read_pts_split`), e.g. ``../shared/data/300w-subset``.
 * **300-W style folders** (300W ``01_Indoor``/``02_Outdoor``, LFPW, HELEN, AFW, iBUG): ``<image>.{jpg,png}`` with
   ``<image>.pts`` beside it (:func:`read_pts_folder`); the test protocol's subsets by :data:`W300_SUBSETS`.
 * **300W-LP**: ``<subset>/<name>.jpg`` with ``<subset>/<name>.mat`` (``Pose_Para``) and
@@ -19,7 +21,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, TypeVar
@@ -30,7 +32,7 @@ import scipy.io
 import torch
 from numpy.typing import NDArray
 from PIL import Image
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Sampler
 
 from model.codec import encode
 from model.config import ModelConfig
@@ -200,6 +202,26 @@ def read_pts_folder(root: Path, subset: str = "", skip_bad: bool = False) -> lis
     return _collect(files, read, skip_bad, f"300-W folder {root}")
 
 
+def read_pts_split(root: Path, split: str, skip_bad: bool = False) -> list[Sample]:
+    """A flat 300-W style folder (``<stem>.jpg`` + ``<stem>.pts``, in ``root/images`` when that exists) whose
+    samples are the stems listed in the split file ``root/<split>.txt``."""
+    folder = root / "images" if (root / "images").is_dir() else root
+    stems = read_split(root / f"{split}.txt")
+    if not stems:
+        raise DataError(f"{root / f'{split}.txt'}: lists no sample")
+
+    def read(stem_path: Path) -> Sample:
+        pts_path = stem_path.with_suffix(".pts")
+        if not pts_path.is_file():
+            raise DataError(f"{pts_path}: missing")
+        points = read_pts(pts_path)
+        if points.shape != (NUM_LANDMARKS, 2):
+            raise DataError(f"{pts_path}: expected 68 points, found {len(points)}")
+        return Sample(_image_beside(stem_path), points, stem_path.stem, split)
+
+    return _collect((folder / s for s in stems), read, skip_bad, f"300-W folder {root} ({split})")
+
+
 def read_300w(root: Path, subset: str, skip_bad: bool = False) -> list[Sample]:
     """The 300-W protocol subsets (:data:`W300_SUBSETS`) from the standard folder tree under ``root``."""
     if subset not in W300_SUBSETS:
@@ -324,7 +346,10 @@ def load_samples(
     elif format == "300w":
         samples = read_300w(root, split or "full", skip_bad)
     elif format == "pts_folder":
-        samples = read_pts_folder(root / split if split else root, skip_bad=skip_bad)
+        if split and (root / f"{split}.txt").is_file():
+            samples = read_pts_split(root, split, skip_bad)
+        else:
+            samples = read_pts_folder(root / split if split else root, skip_bad=skip_bad)
     elif format == "300w_lp":
         subsets = tuple(split.split(",")) if split else LP_SUBSETS
         samples = read_300w_lp(root, subsets, "pts_3d" if labels == "pts_3d" else "pts_2d", skip_bad=skip_bad)
@@ -345,3 +370,50 @@ def verify_images(samples: list[Sample], skip_bad: bool = False) -> list[Sample]
         return sample
 
     return _collect(samples, check, skip_bad, "image check")
+
+
+class MixtureSampler(Sampler[int]):
+    """Draws an epoch from several data sets concatenated in one index space, each by its weight.
+
+    Data set ``d`` of ``sizes[d]`` samples makes up ``weights[d] / sum(weights)`` of the ``num_samples`` draws
+    (uniform within it, without replacement while it lasts, so each sample is seen about equally often). The
+    order depends only on ``(seed, epoch)``; under ``torch.distributed`` each rank takes every ``world_size``-th
+    draw, which replaces ``DistributedSampler``.
+    """
+
+    def __init__(
+        self,
+        sizes: Sequence[int],
+        weights: Sequence[float],
+        num_samples: int | None = None,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> None:
+        if len(sizes) != len(weights) or not sizes or min(sizes) < 1 or min(weights) <= 0:
+            raise ValueError(f"need one positive weight per non-empty data set, got sizes {sizes} weights {weights}")
+        self.sizes, self.seed, self.rank, self.world_size = list(sizes), seed, rank, world_size
+        total = num_samples or sum(sizes)
+        share = np.asarray(weights, dtype=np.float64) / float(np.sum(weights))
+        counts = np.floor(share * total).astype(int)
+        counts[np.argsort(-(share * total - counts))[: total - counts.sum()]] += 1  # largest remainders
+        self.counts = counts.tolist()
+        self.offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(int).tolist()
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _draw(self, rng: np.random.Generator, size: int, count: int) -> NDArray[np.int64]:
+        rounds = [rng.permutation(size) for _ in range(-(-count // size))]
+        return np.concatenate(rounds)[:count]
+
+    def __iter__(self) -> Iterator[int]:
+        rng = np.random.default_rng([self.seed, self.epoch])
+        draws = [o + self._draw(rng, n, c) for o, n, c in zip(self.offsets, self.sizes, self.counts, strict=True)]
+        order = rng.permutation(np.concatenate(draws))
+        usable = len(order) - len(order) % self.world_size
+        return iter(order[self.rank : usable : self.world_size].tolist())
+
+    def __len__(self) -> int:
+        return sum(self.counts) // self.world_size

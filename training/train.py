@@ -2,8 +2,9 @@
 
 Works alone or under ``torchrun`` (DistributedDataParallel: NCCL on GPUs, gloo on CPU). Writes to
 ``output_dir``: ``config.yaml`` (resolved), ``log.jsonl`` (one line per epoch), ``last.pt`` (model checkpoint)
-plus ``last_state.pt`` (optimiser, scheduler, epoch: what ``--resume`` needs), and ``best.pt`` (best stage-2
-box NME on the validation set, in the format the service loads).
+plus ``last_state.pt`` (optimiser, scheduler, epoch: what ``--resume`` needs), and ``best.pt`` (lowest ``val_select``,
+the weighted mean of the val sets' stage-2 NMEs that the config's ``select`` declares; the format the service
+loads). Training data may be several data sets, each drawn by its ``weight``; each val set is logged on its own.
 """
 
 from __future__ import annotations
@@ -25,16 +26,16 @@ import torch
 import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, DistributedSampler, Sampler
+from torch.utils.data import DataLoader, Sampler
 
 from model.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from model.config import ModelConfig
 from model.inference import cpu_supports_bf16, resolve_device
 from model.network import LandmarkNet, build_model, to_channels_last
 from training.config import TrainConfig, dump_config, load_config
-from training.datasets import DataError, LandmarkDataset, load_samples
+from training.datasets import DataError, LandmarkDataset, MixtureSampler, load_samples
 from training.engine import Amp, lr_lambda_cosine, predict, train_one_epoch
-from training.metrics import box_size, nme
+from training.metrics import NORMALISERS, nme
 
 log = logging.getLogger("training.train")
 
@@ -137,18 +138,60 @@ def make_loader(
 
 
 def validate(
-    net: LandmarkNet, config: ModelConfig, dataset: LandmarkDataset, device: torch.device, amp: Amp, cfg: TrainConfig
+    net: LandmarkNet,
+    config: ModelConfig,
+    dataset: LandmarkDataset,
+    norm: str,
+    device: torch.device,
+    amp: Amp,
+    cfg: TrainConfig,
 ) -> dict[str, float]:
-    """Box-normalised NME (%) of both stages on the validation set, through the serving path."""
+    """NME (%) of both stages on one validation set with its normalisation, through the serving path."""
     loader = make_loader(dataset, cfg.batch_size, 0, shuffle=False)
     preds = predict(net, config, loader, device, amp.precision, cfg.channels_last)
     gt = np.stack([s.points for s in dataset.samples])
-    norm = box_size(gt)
-    refined, coarse = nme(preds.points, gt, norm), nme(preds.coarse_points, gt, norm)
+    scale = NORMALISERS[norm](gt)
+    refined, coarse = nme(preds.points, gt, scale), nme(preds.coarse_points, gt, scale)
     return {
-        "val_nme_box": 100 * float(refined.mean()),
-        "val_nme_box_median": 100 * float(np.median(refined)),
-        "val_nme_box_stage1": 100 * float(coarse.mean()),
+        "nme": 100 * float(refined.mean()),
+        "median": 100 * float(np.median(refined)),
+        "stage1": 100 * float(coarse.mean()),
+    }
+
+
+def validate_all(
+    net: LandmarkNet,
+    config: ModelConfig,
+    val_sets: dict[str, tuple[LandmarkDataset, str]],
+    device: torch.device,
+    amp: Amp,
+    cfg: TrainConfig,
+) -> dict[str, float]:
+    """Every val set's NME as ``val_<name>_nme_<norm>`` (+ ``_median``, ``_stage1``) and ``val_select``, the
+    weighted mean the config's ``select`` declares, on which ``best.pt`` is chosen."""
+    record: dict[str, float] = {}
+    nmes: dict[str, float] = {}
+    for name, (dataset, norm) in val_sets.items():
+        result = validate(net, config, dataset, norm, device, amp, cfg)
+        key = f"val_{name}_nme_{norm}"
+        record.update({key: result["nme"], f"{key}_median": result["median"], f"{key}_stage1": result["stage1"]})
+        nmes[name] = result["nme"]
+    weights = cfg.selection_weights()
+    record["val_select"] = sum(w * nmes[n] for n, w in weights.items()) / sum(weights.values())
+    return record
+
+
+def build_train_set(cfg: TrainConfig, model_config: ModelConfig) -> tuple[LandmarkDataset, list[int]]:
+    """All training sets in one index space (one augmentation), and each one's size for the sampler."""
+    parts = [load_samples(s.format, s.root, s.split, s.labels, cfg.skip_bad) for s in cfg.train]
+    dataset = LandmarkDataset([x for part in parts for x in part], model_config, cfg.augment, seed=cfg.seed)
+    return dataset, [len(part) for part in parts]
+
+
+def build_val_sets(cfg: TrainConfig, model_config: ModelConfig) -> dict[str, tuple[LandmarkDataset, str]]:
+    return {
+        s.key: (LandmarkDataset(load_samples(s.format, s.root, s.split, s.labels, cfg.skip_bad), model_config), s.norm)
+        for s in cfg.val
     }
 
 
@@ -195,26 +238,8 @@ def replica_spread(model: nn.Module, run: Run) -> float:
     return float((hi - lo).abs().max())
 
 
-def main(args: argparse.Namespace) -> dict[str, Any]:
-    overrides = list(args.overrides) + ([f"output_dir={args.output_dir}"] if args.output_dir else [])
-    cfg = load_config(args.config, overrides)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    run = Run(args.device)
-    out_dir = cfg.output_dir
-    model_config = cfg.network_config()
-    seed_everything(cfg.seed + run.rank)
-
-    train_samples = load_samples(cfg.train.format, cfg.train.root, cfg.train.split, cfg.train.labels, cfg.skip_bad)
-    val_samples = (
-        load_samples(cfg.val.format, cfg.val.root, cfg.val.split, cfg.val.labels, cfg.skip_bad) if cfg.val else []
-    )
-    train_set = LandmarkDataset(train_samples, model_config, cfg.augment, seed=cfg.seed)
-    val_set = LandmarkDataset(val_samples, model_config) if val_samples else None
-    sampler: DistributedSampler[int] | None = DistributedSampler(train_set, seed=cfg.seed) if run.distributed else None
-    loader = make_loader(train_set, cfg.batch_size, cfg.workers, shuffle=True, sampler=sampler)
-    steps_per_epoch = len(loader) if cfg.max_steps_per_epoch is None else min(len(loader), cfg.max_steps_per_epoch)
-
+def build_model_for(cfg: TrainConfig, model_config: ModelConfig, run: Run) -> tuple[LandmarkNet, nn.Module]:
+    """The network (fresh, or ``init_checkpoint`` for fine-tuning) on the run's device, wrapped for DDP."""
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank
     net = build_model(model_config)
     if cfg.init_checkpoint is not None:
@@ -225,30 +250,84 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     model: nn.Module = net
     if run.distributed:
         model = DistributedDataParallel(net, device_ids=[run.local_rank] if run.device.type == "cuda" else None)
+    return net, model
+
+
+def resume(
+    state_path: Path,
+    net: LandmarkNet,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    amp: Amp,
+) -> tuple[int, float]:
+    """Restore the training state written by :func:`save_state`; returns (first epoch to run, best criterion)."""
+    if not state_path.is_file():
+        raise CheckpointError(f"--resume: {state_path} does not exist")
+    state = torch.load(state_path, map_location="cpu", weights_only=True)
+    net.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    if amp.scaler is not None and state.get("scaler"):
+        amp.scaler.load_state_dict(state["scaler"])
+    return int(state["epoch"]) + 1, float(state["best"])
+
+
+def save_state(
+    path: Path,
+    net: LandmarkNet,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    amp: Amp,
+    epoch: int,
+    best: float,
+) -> None:
+    state = {
+        "model": net.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "scaler": amp.scaler.state_dict() if amp.scaler else {},
+        "epoch": epoch,
+        "best": best,
+    }
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    tmp.replace(path)
+
+
+def main(args: argparse.Namespace) -> dict[str, Any]:
+    overrides = list(args.overrides) + ([f"output_dir={args.output_dir}"] if args.output_dir else [])
+    cfg = load_config(args.config, overrides)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    run = Run(args.device)
+    out_dir = cfg.output_dir
+    model_config = cfg.network_config()
+    seed_everything(cfg.seed + run.rank)
+
+    train_set, sizes = build_train_set(cfg, model_config)
+    val_sets = build_val_sets(cfg, model_config)
+    weights = [s.weight for s in cfg.train]
+    sampler = MixtureSampler(sizes, weights, cfg.epoch_size, cfg.seed, run.rank, run.world_size)
+    loader = make_loader(train_set, cfg.batch_size, cfg.workers, shuffle=True, sampler=sampler)
+    steps_per_epoch = len(loader) if cfg.max_steps_per_epoch is None else min(len(loader), cfg.max_steps_per_epoch)
+
+    net, model = build_model_for(cfg, model_config, run)
     amp = resolve_amp(cfg.amp, run.device)
     optimizer, scheduler = build_optimizer(cfg, model, steps_per_epoch)
-
-    start_epoch, best = 0, float("inf")
     state_path = out_dir / "last_state.pt"
-    if args.resume:
-        if not state_path.is_file():
-            raise CheckpointError(f"--resume: {state_path} does not exist")
-        state = torch.load(state_path, map_location="cpu", weights_only=True)
-        net.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        if amp.scaler is not None and state.get("scaler"):
-            amp.scaler.load_state_dict(state["scaler"])
-        start_epoch, best = int(state["epoch"]) + 1, float(state["best"])
+    start_epoch, best = resume(state_path, net, optimizer, scheduler, amp) if args.resume else (0, float("inf"))
 
     if run.main:
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "config.yaml").write_text(dump_config(cfg))
         log.info(
-            "training %s on %d samples (%d val), %d epochs from %d, device %s, amp %s, world %d",
+            "training %s on %d samples (%s), %d draws per epoch, val %s, %d epochs from %d, device %s, amp %s, "
+            "world %d",
             model_config.name,
             len(train_set),
-            len(val_samples),
+            " + ".join(f"{s.key} {n} x{w:g}" for s, n, w in zip(cfg.train, sizes, weights, strict=True)),
+            len(sampler) * run.world_size,
+            {name: len(ds) for name, (ds, _) in val_sets.items()},
             cfg.epochs,
             start_epoch,
             run.device,
@@ -259,8 +338,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     summary: dict[str, Any] = {}
     for epoch in range(start_epoch, cfg.epochs):
         train_set.set_epoch(epoch)
-        if sampler is not None:
-            sampler.set_epoch(epoch)
+        sampler.set_epoch(epoch)
         stats = train_one_epoch(
             model,
             loader,
@@ -276,41 +354,43 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
             show_progress=run.main and sys.stderr.isatty(),
         )
         record: dict[str, Any] = {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"], **stats}
-        if run.main and val_set is not None:
-            record.update(validate(net, model_config, val_set, run.device, amp, cfg))
+        if run.main and val_sets:
+            record.update(validate_all(net, model_config, val_sets, run.device, amp, cfg))
         record["replica_spread"] = replica_spread(net, run)
         if run.main:
-            metric = record.get("val_nme_box", -epoch)
-            metadata = training_metadata(cfg, epoch, record)
-            save_checkpoint(out_dir / "last.pt", net, model_config, metadata)
-            if metric < best:
-                best = metric
-                save_checkpoint(out_dir / "best.pt", net, model_config, metadata)
-                record["best"] = True
-            torch.save(
-                {
-                    "model": net.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(),
-                    "scaler": amp.scaler.state_dict() if amp.scaler else {},
-                    "epoch": epoch,
-                    "best": best,
-                },
-                state_path,
-            )
-            with (out_dir / "log.jsonl").open("a") as fh:
-                fh.write(json.dumps(record) + "\n")
-            log.info(
-                "epoch %d %s",
-                epoch,
-                " ".join(
-                    f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items() if k != "epoch"
-                ),
-            )
+            best = save_epoch(out_dir, net, model_config, cfg, epoch, record, best)
+            save_state(state_path, net, optimizer, scheduler, amp, epoch, best)
         summary = record
         run.barrier()
     run.close()
     return summary
+
+
+def save_epoch(
+    out_dir: Path,
+    net: LandmarkNet,
+    model_config: ModelConfig,
+    cfg: TrainConfig,
+    epoch: int,
+    record: dict[str, Any],
+    best: float,
+) -> float:
+    """Write ``last.pt``, ``best.pt`` when the selection criterion improved, and the epoch's log line."""
+    metric = record.get("val_select", -epoch)
+    metadata = training_metadata(cfg, epoch, record)
+    save_checkpoint(out_dir / "last.pt", net, model_config, metadata)
+    if metric < best:
+        best = metric
+        save_checkpoint(out_dir / "best.pt", net, model_config, metadata)
+        record["best"] = True
+    with (out_dir / "log.jsonl").open("a") as fh:
+        fh.write(json.dumps(record) + "\n")
+    log.info(
+        "epoch %d %s",
+        epoch,
+        " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items() if k != "epoch"),
+    )
+    return best
 
 
 def training_metadata(cfg: TrainConfig, epoch: int, record: dict[str, Any]) -> dict[str, Any]:
@@ -322,8 +402,9 @@ def training_metadata(cfg: TrainConfig, epoch: int, record: dict[str, Any]) -> d
         "code_version": code_version(),
         "training": {
             "data": {
-                "train": cfg.train.model_dump(mode="json"),
-                "val": cfg.val.model_dump(mode="json") if cfg.val else None,
+                "train": [spec.model_dump(mode="json") for spec in cfg.train],
+                "val": [spec.model_dump(mode="json") for spec in cfg.val],
+                "select": cfg.selection_weights(),
             },
             "epochs_done": epoch + 1,
             "config": cfg.model_dump(mode="json"),

@@ -67,3 +67,16 @@ def make_300w_lp(root: Path) -> dict[str, np.ndarray]:
         scipy.io.savemat(root / "AFW_Flip" / f"{name}.mat", {"Pose_Para": pose_mat(-20.0)})
         truth[name] = points
     return truth
+
+
+def make_pts_split(root: Path, count: int = 5, seed: int = 300) -> dict[str, np.ndarray]:
+    """A flat 300-W folder as in ``300w-subset``: ``images/<stem>.{jpg,pts}`` plus ``train.txt`` / ``val.txt``."""
+    truth = {}
+    for i in range(count):
+        stem = f"helen_{i}"
+        truth[stem] = write_face(root / "images", stem, seed + i)
+        write_pts(root / "images" / f"{stem}.pts", truth[stem])
+    stems = sorted(truth)
+    (root / "train.txt").write_text("\n".join(stems[:-2]) + "\n")
+    (root / "val.txt").write_text("\n".join(stems[-2:]) + "\n")
+    return truth

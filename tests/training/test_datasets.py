@@ -3,10 +3,12 @@ import pytest
 
 from model.landmarks import MIRROR
 from tests.conftest import tiny_config
-from tests.training.fixtures import make_300w, make_300w_lp, make_aflw2000
+from tests.training.fixtures import make_300w, make_300w_lp, make_aflw2000, make_pts_split
 from training.datasets import (
     DataError,
     LandmarkDataset,
+    MixtureSampler,
+    load_image,
     load_samples,
     read_300w,
     read_300w_lp,
@@ -104,3 +106,52 @@ def test_real_aflw2000_split_reads(aflw_dir):
     val = read_aflw2000(aflw_dir, "val")
     assert len(val) == 200
     assert all(s.points.shape == (68, 2) and s.yaw is not None for s in val)
+
+
+def test_pts_folder_with_split_files(tmp_path):
+    truth = make_pts_split(tmp_path, count=5)
+    train = load_samples("pts_folder", tmp_path, "train")
+    val = load_samples("pts_folder", tmp_path, "val")
+    assert [s.name for s in train] == ["helen_0", "helen_1", "helen_2"]
+    assert [s.name for s in val] == ["helen_3", "helen_4"]
+    np.testing.assert_allclose(val[0].points, truth["helen_3"], atol=1e-3)  # .pts keep 3 decimals
+    (tmp_path / "images" / "helen_4.pts").unlink()
+    with pytest.raises(DataError, match="helen_4.pts: missing"):
+        load_samples("pts_folder", tmp_path, "val")
+
+
+def test_real_300w_subset_split_reads(w300_dir):
+    train = load_samples("pts_folder", w300_dir, "train")
+    val = load_samples("pts_folder", w300_dir, "val")
+    assert (len(train), len(val)) == (1087, 120)
+    assert not {s.name for s in train} & {s.name for s in val}
+    assert {s.name.split("_")[0] for s in train} == {"afw", "helen"}
+    for sample in val[:10]:
+        h, w = load_image(sample.image).shape[:2]
+        assert (sample.points >= -0.5).all()
+        assert (sample.points[:, 0] <= w).all()
+        assert (sample.points[:, 1] <= h).all()
+
+
+def test_mixture_sampler_draws_each_set_by_its_weight():
+    sampler = MixtureSampler([100, 10], [3.0, 1.0], num_samples=400, seed=1)
+    drawn = list(sampler)
+    assert len(drawn) == len(sampler) == 400
+    small = sum(i >= 100 for i in drawn)
+    assert small == 100  # a quarter of the draws, from 10 samples: each one 10 times
+    assert np.bincount(np.array(drawn)[np.array(drawn) >= 100] - 100).tolist() == [10] * 10
+    assert np.bincount(drawn, minlength=100)[:100].tolist() == [3] * 100
+    sampler.set_epoch(1)
+    assert list(sampler) != drawn
+    assert sorted(sampler) == sorted(drawn)
+
+
+def test_mixture_sampler_splits_ranks_without_overlap():
+    ranks = [MixtureSampler([7, 6], [1.0, 1.0], seed=3, rank=r, world_size=2) for r in range(2)]
+    a, b = (list(s) for s in ranks)
+    assert len(a) == len(b) == 6
+    full = list(MixtureSampler([7, 6], [1.0, 1.0], seed=3))
+    assert a == full[0:12:2]
+    assert b == full[1:12:2]
+    with pytest.raises(ValueError, match="positive weight"):
+        MixtureSampler([5, 0], [1.0, 1.0])

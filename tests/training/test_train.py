@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from model.checkpoint import load_for_inference
-from tests.training.fixtures import make_aflw2000
+from tests.training.fixtures import make_aflw2000, make_pts_split
 from training import evaluate, train
 from training.config import load_config
 
@@ -60,7 +60,8 @@ def test_two_epoch_smoke_run_then_resume(tmp_path):
     assert {"config.yaml", "log.jsonl", "last.pt", "last_state.pt", "best.pt"} <= {p.name for p in run_dir.iterdir()}
     log = read_log(run_dir)
     assert [r["epoch"] for r in log] == [0, 1]
-    assert all(r["train_loss"] > 0 and "val_nme_box" in r and "val_nme_box_stage1" in r for r in log)
+    assert all(r["train_loss"] > 0 and "val_aflw2000_nme_box" in r and "val_aflw2000_nme_box_stage1" in r for r in log)
+    assert all(r["val_select"] == r["val_aflw2000_nme_box"] for r in log)  # one val set: the criterion is its NME
     resolved = yaml.safe_load((run_dir / "config.yaml").read_text())
     assert resolved["optim"]["lr"] == 1e-3
 
@@ -68,7 +69,43 @@ def test_two_epoch_smoke_run_then_resume(tmp_path):
     assert [r["epoch"] for r in read_log(run_dir)] == [0, 1, 2]
     engine = load_for_inference(run_dir / "best.pt", device="cpu")
     assert engine.metadata["training"]["epochs_done"] >= 1
-    assert "val_nme_box" in engine.metadata["metrics"]
+    assert "val_select" in engine.metadata["metrics"]
+
+
+def test_two_training_sets_each_validated_and_selected_on_the_declared_criterion(tmp_path):
+    make_pts_split(tmp_path / "w300", count=5)
+    config = write_config(
+        tmp_path,
+        epochs=1,
+        train=[
+            {"name": "aflw", "format": "aflw2000", "root": str(tmp_path / "data"), "split": "train", "weight": 1},
+            {"name": "w300", "format": "pts_folder", "root": str(tmp_path / "w300"), "split": "train", "weight": 3},
+        ],
+        val=[
+            {"name": "aflw", "format": "aflw2000", "root": str(tmp_path / "data"), "split": "val"},
+            {
+                "name": "w300",
+                "format": "pts_folder",
+                "root": str(tmp_path / "w300"),
+                "split": "val",
+                "norm": "inter_ocular",
+            },
+        ],
+        select={"aflw": 1.0, "w300": 3.0},
+        epoch_size=8,
+    )
+    record = run_train(config)
+    expected = (record["val_aflw_nme_box"] + 3 * record["val_w300_nme_inter_ocular"]) / 4
+    assert record["val_select"] == pytest.approx(expected)
+    assert {"val_aflw_nme_box_stage1", "val_w300_nme_inter_ocular_median"} <= set(record)
+    engine = load_for_inference(tmp_path / "run" / "best.pt", device="cpu")
+    data = engine.metadata["training"]["data"]
+    assert [d["name"] for d in data["train"]] == ["aflw", "w300"]
+    assert data["select"] == {"aflw": 1.0, "w300": 3.0}
+    with pytest.raises(ValueError, match="select names"):
+        load_config(config, ["select={nope: 1}"])
+    with pytest.raises(ValueError, match="distinct names"):
+        load_config(config, ["val=[{format: pts_folder, root: x}, {format: pts_folder, root: y}]"])
 
 
 def test_resume_without_state_is_a_clear_error(tmp_path):
