@@ -9,7 +9,7 @@ import torch
 from numpy.typing import NDArray
 
 from model.checkpoint import load_for_inference
-from model.inference import InferenceModel, Precision, cpu_supports_bf16, resolve_device
+from model.inference import InferenceModel, Precision, bucket_sizes, cpu_supports_bf16, resolve_device
 
 
 @dataclass(frozen=True)
@@ -44,9 +44,25 @@ class Predictor:
         self.engine = engine
 
     @classmethod
-    def load(cls, checkpoint: str, device: str, precision: str, flip_test: bool = False) -> Predictor:
+    def load(
+        cls,
+        checkpoint: str,
+        device: str,
+        precision: str,
+        flip_test: bool = False,
+        cuda_graphs: bool = True,
+        max_batch_size: int = 64,
+    ) -> Predictor:
         dev = resolve_device(device)
-        return cls(load_for_inference(checkpoint, dev, resolve_precision(precision, dev), flip_test=flip_test))
+        engine = load_for_inference(
+            checkpoint,
+            dev,
+            resolve_precision(precision, dev),
+            flip_test=flip_test,
+            cuda_graphs=cuda_graphs,
+            max_batch_size=max_batch_size,
+        )
+        return cls(engine)
 
     @property
     def input_size(self) -> int:
@@ -63,8 +79,14 @@ class Predictor:
         return [FaceResult(points[i], confidence[i]) for i in range(len(jobs))]
 
     def warmup(self, batch_sizes: list[int]) -> None:
-        """Forwards on blank crops so the first request pays no allocation or kernel-selection cost."""
+        """Forwards on blank crops so the first request pays no allocation or kernel-selection cost.
+
+        With CUDA graphs every bucket is captured here, whatever ``batch_sizes`` says, so that no request waits
+        for a capture.
+        """
         size = self.input_size
+        if self.engine.graphed and batch_sizes:
+            batch_sizes = bucket_sizes(self.engine.max_batch_size)
         for n in batch_sizes:
             blank = CropJob(np.zeros((size, size, 3), np.uint8), np.eye(2, 3))
             self.run_batch([blank] * n)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -151,9 +152,16 @@ class LandmarkService:
 async def load_service(settings: Settings, metrics: Metrics) -> LandmarkService:
     """Load the checkpoint on the inference thread (where it will run) and build the service around it."""
     worker = inference_thread()
-    predictor = await asyncio.get_running_loop().run_in_executor(
-        worker, Predictor.load, str(settings.checkpoint), settings.device, settings.precision, settings.flip_test
+    load = functools.partial(
+        Predictor.load,
+        str(settings.checkpoint),
+        settings.device,
+        settings.precision,
+        settings.flip_test,
+        settings.cuda_graphs,
+        settings.max_batch_size,
     )
+    predictor = await asyncio.get_running_loop().run_in_executor(worker, load)
     detector = HaarDetector(max_side=settings.detector_max_side)
     return LandmarkService(settings, predictor, detector, metrics, worker)
 

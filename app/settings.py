@@ -44,6 +44,9 @@ class Settings(BaseSettings):
         True, description="re-crop detected faces from the first pass's landmarks and run again (caller boxes: never)"
     )
     flip_test: bool = Field(False, description="also run each face mirrored and average (2x compute)")
+    cuda_graphs: bool = Field(
+        True, description="on CUDA, replay one captured CUDA graph per power-of-two batch size (ignored on CPU)"
+    )
     warmup_batches: int = Field(2, ge=0, le=100, description="forwards before /health/ready turns 200")
     drain_timeout_s: float = Field(20.0, ge=0, le=600, description="on SIGTERM, time to finish queued work")
 

@@ -120,8 +120,15 @@ def load_for_inference(
     channels_last: bool | None = None,
     expected: ModelConfig | None = None,
     flip_test: bool = False,
+    cuda_graphs: bool = False,
+    max_batch_size: int = 64,
 ) -> InferenceModel:
-    """Load a checkpoint for serving: eval mode, on CUDA when available (``auto``), calibration applied."""
+    """Load a checkpoint for serving: eval mode, on CUDA when available (``auto``), calibration applied.
+
+    ``cuda_graphs`` replays captured CUDA graphs (one per power-of-two batch up to ``max_batch_size``) on CUDA.
+    """
     net, config, metadata = load_checkpoint(path, expected)
     calibration = calibration_from_metadata(metadata)
-    return prepare(net, config, device, precision, channels_last, calibration, metadata, flip_test)
+    return prepare(
+        net, config, device, precision, channels_last, calibration, metadata, flip_test, cuda_graphs, max_batch_size
+    )

@@ -6,13 +6,14 @@ Used by the service's batcher and by ``training.evaluate``, so the decode path e
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import torch
 from torch import Tensor
 
-from model.codec import Calibration, confidence, decode, peak_height
+from model.codec import Calibration, confidence, decode
 from model.config import ModelConfig
 from model.geometry import heatmap_to_image
 from model.landmarks import MIRROR
@@ -50,9 +51,83 @@ class LandmarkOutput:
     coarse_points: Tensor | None = None
 
 
+Heads = tuple[Tensor, Tensor, Tensor, Tensor]  # refined points, refined peak, coarse points, coarse peak
+
+
+def bucket_sizes(max_batch_size: int) -> list[int]:
+    """Powers of two from 1 up to the first one that holds ``max_batch_size``: one CUDA graph each."""
+    sizes = [1]
+    while sizes[-1] < max_batch_size:
+        sizes.append(sizes[-1] * 2)
+    return sizes
+
+
+def bucket_for(n: int, buckets: list[int]) -> int:
+    """Smallest bucket that holds ``n`` faces (``n`` must not exceed the largest)."""
+    for size in buckets:
+        if size >= n:
+            return size
+    raise ValueError(f"batch of {n} exceeds the largest bucket {buckets[-1]}")
+
+
+class CudaGraphs:
+    """Replays one captured CUDA graph per batch-size bucket instead of launching the network's kernels one by one.
+
+    A batch of ``n`` crops is copied into the static input of the smallest bucket that holds it (rows past ``n``
+    keep stale crops: every row is computed independently in eval mode, and their outputs are dropped), the graph
+    is replayed, and the first ``n`` rows of the static outputs are cloned out. Batches larger than the largest
+    bucket run in chunks. Graphs are captured lazily, on first use of a bucket, on the calling thread, and share
+    one memory pool. Only for CUDA; :class:`InferenceModel` runs eagerly elsewhere.
+    """
+
+    def __init__(
+        self, fn: Callable[[Tensor], Heads], crop_shape: tuple[int, ...], device: torch.device, max_batch_size: int
+    ) -> None:
+        self.fn, self.crop_shape, self.device = fn, crop_shape, device
+        self.buckets = bucket_sizes(max_batch_size)
+        self.pool: Any = None
+        self.graphs: dict[int, tuple[torch.cuda.CUDAGraph, Tensor, Heads]] = {}
+
+    def _capture(self, size: int) -> tuple[torch.cuda.CUDAGraph, Tensor, Heads]:
+        static = torch.zeros((size, *self.crop_shape), dtype=torch.uint8, device=self.device)
+        side = torch.cuda.Stream(self.device)
+        side.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(side):  # warm-up outside the graph: cuDNN picks its kernels here
+            for _ in range(3):
+                self.fn(static)
+        torch.cuda.current_stream(self.device).wait_stream(side)
+        if self.pool is None:
+            self.pool = torch.cuda.graph_pool_handle()
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=self.pool):
+            outputs = self.fn(static)
+        return graph, static, outputs
+
+    def __call__(self, crops: Tensor) -> Heads:
+        largest = self.buckets[-1]
+        chunks = [self._run(crops[i : i + largest]) for i in range(0, len(crops), largest)]
+        if len(chunks) == 1:
+            return chunks[0]
+        return tuple(torch.cat(parts) for parts in zip(*chunks, strict=True))  # type: ignore[return-value]
+
+    def _run(self, crops: Tensor) -> Heads:
+        n = len(crops)
+        size = bucket_for(n, self.buckets)
+        if size not in self.graphs:
+            self.graphs[size] = self._capture(size)
+        graph, static, outputs = self.graphs[size]
+        static[:n].copy_(crops)
+        graph.replay()
+        return tuple(o[:n].clone() for o in outputs)  # type: ignore[return-value]
+
+
 @dataclass
 class InferenceModel:
-    """A network in eval mode on its device, with the precision and calibration it serves with."""
+    """A network in eval mode on its device, with the precision and calibration it serves with.
+
+    ``cuda_graphs``: on CUDA, replay captured graphs (:class:`CudaGraphs`, buckets up to ``max_batch_size``)
+    instead of eager launches; ignored on CPU.
+    """
 
     net: LandmarkNet
     config: ModelConfig
@@ -62,12 +137,37 @@ class InferenceModel:
     calibration: Calibration | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
     flip_test: bool = False  # also run the mirrored crop and average the heatmaps (2x the compute)
+    cuda_graphs: bool = False
+    max_batch_size: int = 64
+    _graphs: CudaGraphs | None = field(default=None, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.cuda_graphs and self.device.type == "cuda":
+            shape = (self.config.input_size, self.config.input_size, 3)
+            self._graphs = CudaGraphs(self._heads, shape, self.device, self.max_batch_size)
+
+    @property
+    def graphed(self) -> bool:
+        return self._graphs is not None
 
     def _autocast(self) -> contextlib.AbstractContextManager[Any]:
         if self.precision == "fp32":
             return contextlib.nullcontext()
         dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
-        return torch.autocast(self.device.type, dtype=dtype)
+        return torch.autocast(self.device.type, dtype=dtype, cache_enabled=False)
+
+    def _heads(self, crops: Tensor) -> Heads:
+        """uint8 crops on the device -> decoded points and peak heights of both stages (what a graph captures)."""
+        x = normalize_input(crops)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with self._autocast():
+            heatmaps = self.net(x)
+            if self.flip_test:
+                heatmaps = _average_with_flip(heatmaps, self.net(x.flip(-1)))
+        points, peak = decode(heatmaps.refined)
+        coarse_points, coarse_peak = decode(heatmaps.coarse)
+        return points, peak, coarse_points, coarse_peak
 
     @torch.inference_mode()
     def __call__(self, crops: Tensor, inverse_matrices: Tensor, with_coarse: bool = False) -> LandmarkOutput:
@@ -76,23 +176,17 @@ class InferenceModel:
         Args:
             crops: ``(N, S, S, 3)`` uint8 RGB crops made with :func:`model.geometry.crop_matrix`.
             inverse_matrices: ``(N, 2, 3)`` crop -> image affines.
-            with_coarse: also decode stage 1 (H0), for evaluation.
+            with_coarse: also return stage 1's (H0) points, for evaluation.
         """
-        x = normalize_input(crops.to(self.device, non_blocking=True))
-        if self.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        with self._autocast():
-            heatmaps = self.net(x)
-            if self.flip_test:
-                heatmaps = _average_with_flip(heatmaps, self.net(x.flip(-1)))
+        crops = crops.to(self.device, non_blocking=True)
+        heads = self._graphs(crops) if self._graphs is not None else self._heads(crops)
+        points, peak, coarse_points, coarse_peak = heads
         stride = self.config.heatmap_stride
         inverse = inverse_matrices.to(self.device)
-        points, peak = decode(heatmaps.refined)
-        conf = confidence(peak, peak_height(heatmaps.coarse), self.calibration)
+        conf = confidence(peak, coarse_peak, self.calibration)
         out = LandmarkOutput(heatmap_to_image(points, inverse, stride).cpu(), conf.cpu())
         if with_coarse:
-            coarse, _ = decode(heatmaps.coarse)
-            out.coarse_points = heatmap_to_image(coarse, inverse, stride).cpu()
+            out.coarse_points = heatmap_to_image(coarse_points, inverse, stride).cpu()
         return out
 
 
@@ -119,6 +213,8 @@ def prepare(
     calibration: Calibration | None = None,
     metadata: dict[str, Any] | None = None,
     flip_test: bool = False,
+    cuda_graphs: bool = False,
+    max_batch_size: int = 64,
 ) -> InferenceModel:
     """Move a network to its device in eval mode. ``channels_last`` defaults to on for CUDA only.
 
@@ -133,4 +229,6 @@ def prepare(
     net = net.to(dev).eval()
     if channels_last:
         to_channels_last(net, refiner=True)
-    return InferenceModel(net, config, dev, precision, channels_last, calibration, metadata or {}, flip_test)
+    return InferenceModel(
+        net, config, dev, precision, channels_last, calibration, metadata or {}, flip_test, cuda_graphs, max_batch_size
+    )

@@ -12,6 +12,7 @@ from model.checkpoint import (
 )
 from model.codec import CONFIDENCE_SCORE
 from model.geometry import crop_matrix, invert
+from model.inference import CudaGraphs, bucket_for, bucket_sizes
 from model.landmarks import MIRROR
 from model.network import build_model
 from tests.conftest import tiny_config
@@ -122,3 +123,58 @@ def test_a_calibration_fitted_on_another_score_is_ignored_with_a_warning(caplog)
     with caplog.at_level("WARNING"):
         assert calibration_from_metadata({"calibration": knots}) is None  # older files: fitted on the peak alone
     assert "re-run training.calibrate" in caplog.text
+
+
+def test_graph_buckets_are_powers_of_two_covering_the_batch_limit():
+    assert bucket_sizes(1) == [1]
+    assert bucket_sizes(16) == [1, 2, 4, 8, 16]
+    assert bucket_sizes(20) == [1, 2, 4, 8, 16, 32]
+    assert [bucket_for(n, bucket_sizes(20)) for n in (1, 3, 8, 9, 17, 32)] == [1, 4, 8, 16, 32, 32]
+    with pytest.raises(ValueError, match="exceeds"):
+        bucket_for(33, bucket_sizes(20))
+
+
+def test_cuda_graphs_setting_falls_back_to_eager_off_cuda(tiny_checkpoint):
+    eager = load_for_inference(tiny_checkpoint, device="cpu")
+    graphed = load_for_inference(tiny_checkpoint, device="cpu", cuda_graphs=True, max_batch_size=4)
+    assert not graphed.graphed
+    crops = torch.randint(0, 255, (5, 64, 64, 3), dtype=torch.uint8)
+    inverse = torch.eye(2, 3).expand(5, 2, 3)
+    torch.testing.assert_close(graphed(crops, inverse).points, eager(crops, inverse).points)
+
+
+def test_graph_runner_pads_to_its_bucket_chunks_and_unpads():
+    """The bucketing logic of CudaGraphs, with its capture replaced by a recorder (CPU has no graphs)."""
+    calls: list[int] = []
+
+    def heads(crops: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        calls.append(len(crops))
+        total = crops.float().sum(dim=(1, 2, 3))
+        return total, total * 2, total[:, None].expand(-1, 3), total + 1
+
+    runner = CudaGraphs(heads, (2, 2, 3), torch.device("cpu"), max_batch_size=4)
+
+    class Replay:
+        def __init__(self, static: torch.Tensor, outputs: list[torch.Tensor]) -> None:
+            self.static, self.outputs = static, outputs
+
+        def replay(self) -> None:
+            for out, new in zip(self.outputs, heads(self.static), strict=True):
+                out.copy_(new)
+
+    def capture(size: int):
+        static = torch.zeros((size, 2, 2, 3), dtype=torch.uint8)
+        outputs = [t.clone() for t in heads(static)]
+        return Replay(static, outputs), static, tuple(outputs)
+
+    runner._capture = capture  # type: ignore[method-assign]
+    crops = torch.arange(7).view(7, 1, 1, 1).expand(7, 2, 2, 3).to(torch.uint8)
+    total, double, wide, plus = runner(crops)
+    torch.testing.assert_close(total, crops.float().sum(dim=(1, 2, 3)))
+    assert double.shape == (7,)
+    assert wide.shape == (7, 3)
+    assert plus.shape == (7,)
+    assert sorted(runner.graphs) == [4]  # 7 faces: one full bucket of 4, then 3 padded to 4
+    small = runner(crops[:1])[0]
+    assert small.tolist() == [0.0]
+    assert sorted(runner.graphs) == [1, 4]
