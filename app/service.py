@@ -20,7 +20,8 @@ from app.imaging import decode_image
 from app.metrics import Metrics
 from app.predictor import CropJob, FaceResult, Predictor
 from app.settings import Settings
-from model.geometry import box_from_points, crop_matrix, invert, warp
+from model.detector import Detection, YuNetDetector
+from model.pipeline import Framing, face_crop, refine
 
 T = TypeVar("T")
 
@@ -52,7 +53,7 @@ class LandmarkService:
         self,
         settings: Settings,
         predictor: Predictor,
-        detector: HaarDetector,
+        detector: Callable[[NDArray[np.uint8]], list[Detection]],
         metrics: Metrics,
         worker: ThreadPoolExecutor | None = None,
     ) -> None:
@@ -96,16 +97,15 @@ class LandmarkService:
     async def _off_loop(self, fn: Callable[[], T]) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._pool, fn)
 
-    def _crop(self, image: NDArray[np.uint8], box: Box) -> CropJob:
-        size = self.predictor.input_size
-        m = crop_matrix(np.asarray(box), size)
-        return CropJob(warp(image, m, size), invert(m))
+    def _crop(self, image: NDArray[np.uint8], framing: Framing) -> CropJob:
+        crop, inverse = face_crop(image, framing, self.predictor.input_size)
+        return CropJob(crop, inverse)
 
     async def _landmarks(
-        self, image: NDArray[np.uint8], boxes: list[Box], deadline: float
+        self, image: NDArray[np.uint8], framings: list[Framing], deadline: float
     ) -> tuple[list[FaceResult], list[BatchInfo], float]:
         start = time.perf_counter()
-        jobs = await self._off_loop(lambda: [self._crop(image, b) for b in boxes])
+        jobs = await self._off_loop(lambda: [self._crop(image, f) for f in framings])
         crop_ms = 1000 * (time.perf_counter() - start)
         served = await self.batcher.submit(jobs, deadline)
         return [r for r, _ in served], [info for _, info in served], crop_ms
@@ -125,23 +125,26 @@ class LandmarkService:
             t1 = time.perf_counter()
             detections = (await self._off_loop(lambda: self.detector(image)))[:max_faces]
             timings["detect"] = 1000 * (time.perf_counter() - t1)
-            boxes = [d.box for d in detections]
+            framings = [Framing(d.box) for d in detections]
             scores = [d.score for d in detections]
         else:
             check_boxes(boxes, image.shape[1], image.shape[0])
+            framings = [Framing(b) for b in boxes]
             scores = [None] * len(boxes)
         faces: list[FaceOut] = []
         infos: list[BatchInfo] = []
         timings["crop"] = 0.0
-        if boxes:
-            results, infos, crop_ms = await self._landmarks(image, boxes, deadline)
+        if framings:
+            results, infos, crop_ms = await self._landmarks(image, framings, deadline)
             timings["crop"] = crop_ms
             if self.settings.second_pass and scores and scores[0] is not None:
-                boxes = [tuple(box_from_points(r.points)) for r in results]
-                results, more, crop_ms = await self._landmarks(image, boxes, deadline)
+                framings = [refine(r.points, aligned=False) for r in results]
+                results, more, crop_ms = await self._landmarks(image, framings, deadline)
                 infos += more
                 timings["crop"] += crop_ms
-            faces = [FaceOut(b, s, r.points, r.confidence) for b, s, r in zip(boxes, scores, results, strict=True)]
+            faces = [
+                FaceOut(f.box, s, r.points, r.confidence) for f, s, r in zip(framings, scores, results, strict=True)
+            ]
         timings["queue_wait"] = 1000 * max((i.queue_wait_s for i in infos), default=0.0)
         timings["inference"] = 1000 * max((i.inference_s for i in infos), default=0.0)
         timings["total"] = 1000 * (time.perf_counter() - t0)
@@ -162,8 +165,20 @@ async def load_service(settings: Settings, metrics: Metrics) -> LandmarkService:
         settings.max_batch_size,
     )
     predictor = await asyncio.get_running_loop().run_in_executor(worker, load)
-    detector = HaarDetector(max_side=settings.detector_max_side)
-    return LandmarkService(settings, predictor, detector, metrics, worker)
+    return LandmarkService(settings, predictor, build_detector(settings), metrics, worker)
+
+
+def build_detector(settings: Settings) -> Callable[[NDArray[np.uint8]], list[Detection]]:
+    """The face detector the settings ask for (YuNet; Haar only for the comparison before its removal)."""
+    if settings.detector == "haar":
+        haar = HaarDetector(max_side=settings.detector_max_side)
+        return lambda image: [Detection(d.box, d.score) for d in haar(image)]
+    return YuNetDetector(
+        max_side=settings.detector_max_side,
+        score_threshold=settings.detector_score_threshold,
+        nms_threshold=settings.detector_nms_threshold,
+        min_face_px=settings.detector_min_face_px,
+    )
 
 
 def check_boxes(boxes: list[Box], width: int, height: int) -> None:

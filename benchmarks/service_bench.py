@@ -32,20 +32,19 @@ SCRIPT = Path(__file__).with_name("wrk_post.lua")
 BOUNDARY = "dsclandmarksbenchboundary"
 
 
-def write_bodies(folder: Path, count: int) -> int:
-    """Multipart bodies (image + boxes from the ground truth) for wrk to cycle through."""
+def write_bodies(folder: Path, count: int, with_boxes: bool = True) -> int:
+    """Multipart bodies (image, and boxes from the ground truth unless ``with_boxes`` is off) for wrk to cycle."""
     samples = read_aflw2000(DATA, "val")[:count]
     for i, s in enumerate(samples, 1):
         boxes = json.dumps([[*s.points.min(0).tolist(), *s.points.max(0).tolist()]])
+        box_field = f'\r\n--{BOUNDARY}\r\nContent-Disposition: form-data; name="boxes"\r\n\r\n{boxes}'
         body = (
             (
                 f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="image"; filename="f.jpg"\r\n'
                 f"Content-Type: image/jpeg\r\n\r\n"
             ).encode()
             + s.image.read_bytes()
-            + (
-                f'\r\n--{BOUNDARY}\r\nContent-Disposition: form-data; name="boxes"\r\n\r\n{boxes}\r\n--{BOUNDARY}--\r\n'
-            ).encode()
+            + ((box_field if with_boxes else "") + f"\r\n--{BOUNDARY}--\r\n").encode()
         )
         (folder / f"body{i}.bin").write_bytes(body)
     return len(samples)

@@ -72,7 +72,8 @@ class TrainConfig(_Frozen):
     epoch_size: int | None = Field(None, ge=1)  # draws per epoch; default: the training sets' total size
     augment: Augmentation = Augmentation()  # validated by pydantic like the rest
     optim: OptimConfig = OptimConfig()
-    epochs: int = Field(100, ge=1)
+    epochs: int = Field(100, ge=1)  # the length the schedule is built for
+    stop_after: int | None = Field(None, ge=1)  # end after this many epochs, schedule unchanged (time-boxed runs)
     batch_size: int = Field(16, ge=1)
     coarse_weight: float = Field(0.5, ge=0)
     amp: Literal["auto", "off", "bf16", "fp16"] = "auto"

@@ -336,7 +336,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         )
 
     summary: dict[str, Any] = {}
-    for epoch in range(start_epoch, cfg.epochs):
+    for epoch in range(start_epoch, min(cfg.epochs, cfg.stop_after or cfg.epochs)):
         train_set.set_epoch(epoch)
         sampler.set_epoch(epoch)
         stats = train_one_epoch(

@@ -5,9 +5,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from app.settings import DEFAULT_CHECKPOINT
-from tests.app.conftest import open_client
+from tests.app.conftest import open_client, png_bytes
 from training.datasets import read_aflw2000
 from training.metrics import box_size, nme
 
@@ -50,3 +51,34 @@ def test_public_domain_portrait_gets_one_plausible_face():
     assert right_eye[0] < nose_tip[0] < left_eye[0]  # the subject's right eye is on the image's left
     assert max(right_eye[1], left_eye[1]) < nose_tip[1] < mouth[1] < pts[8][1]  # eyes, nose, mouth, chin
     assert face["score"] > 0.3
+
+
+def group_photo() -> np.ndarray:
+    """Three copies of the portrait's face at different sizes on one canvas."""
+    face = np.asarray(Image.open(ASTRONAUT).convert("RGB"))[50:230, 140:310]
+    canvas = np.full((480, 900, 3), 90, np.uint8)
+    canvas[20:200, 40:210] = face
+    big = np.asarray(Image.fromarray(face).resize((272, 288)))
+    canvas[150:438, 320:592] = big
+    canvas[300:390, 700:785] = np.asarray(Image.fromarray(face).resize((85, 90)))
+    return canvas
+
+
+@pytest.mark.skipif(not DEFAULT_CHECKPOINT.is_file(), reason="no shipped checkpoint")
+def test_group_photo_returns_every_face_largest_first_capped_by_max_faces():
+    data = png_bytes(group_photo())
+    with open_client(DEFAULT_CHECKPOINT) as client:
+        every = client.post("/landmarks", files={"image": ("g.png", data, "image/png")})
+        two = client.post("/landmarks", files={"image": ("g.png", data, "image/png")}, data={"max_faces": "2"})
+    assert every.status_code == two.status_code == 200
+    faces = every.json()["faces"]
+    assert len(faces) == 3
+    widths = [f["box"][2] - f["box"][0] for f in faces]
+    assert widths == sorted(widths, reverse=True)
+    assert 320 < faces[0]["box"][0] < 592  # the enlarged copy comes first
+    for face in faces:  # each face's landmarks lie on its own copy
+        x1, y1, x2, y2 = face["box"]
+        assert np.all(
+            (np.array(face["landmarks"]) >= [x1 - 5, y1 - 5]) & (np.array(face["landmarks"]) <= [x2 + 5, y2 + 5])
+        )
+    assert [f["box"] for f in two.json()["faces"]] == [f["box"] for f in faces[:2]]
