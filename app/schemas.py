@@ -21,8 +21,8 @@ class Face(BaseModel):
         "second pass, the tight box of the first pass's landmarks",
     )
     detection_score: float | None = Field(
-        description="the Haar cascade's level weight squashed into (0, 1): higher is more certain, but it is not a "
-        "calibrated probability; null for caller boxes"
+        description="YuNet's face score in (0, 1] (faces under LANDMARKS_DETECTOR_SCORE_THRESHOLD are not "
+        "returned): higher is more certain, but it is not a calibrated probability; null for caller boxes"
     )
     landmarks: list[list[float]] = Field(
         description="68 [x, y] float pixel coordinates in the original image, iBUG 300-W order; pixel centres "

@@ -14,7 +14,6 @@ import numpy as np
 from numpy.typing import NDArray
 
 from app.batcher import Batcher, BatchInfo, inference_thread
-from app.detector import HaarDetector
 from app.errors import ServiceError, unavailable
 from app.imaging import decode_image
 from app.metrics import Metrics
@@ -168,11 +167,8 @@ async def load_service(settings: Settings, metrics: Metrics) -> LandmarkService:
     return LandmarkService(settings, predictor, build_detector(settings), metrics, worker)
 
 
-def build_detector(settings: Settings) -> Callable[[NDArray[np.uint8]], list[Detection]]:
-    """The face detector the settings ask for (YuNet; Haar only for the comparison before its removal)."""
-    if settings.detector == "haar":
-        haar = HaarDetector(max_side=settings.detector_max_side)
-        return lambda image: [Detection(d.box, d.score) for d in haar(image)]
+def build_detector(settings: Settings) -> YuNetDetector:
+    """YuNet with the ``LANDMARKS_DETECTOR_*`` settings (loads and checks the model file now, not per request)."""
     return YuNetDetector(
         max_side=settings.detector_max_side,
         score_threshold=settings.detector_score_threshold,

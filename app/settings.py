@@ -39,7 +39,6 @@ class Settings(BaseSettings):
     max_faces: int = Field(10, ge=1, le=100, description="default and upper limit of faces per image")
     torch_threads: int | None = Field(None, ge=1, le=1024, description="torch intra-op threads (default: torch's)")
     preprocess_threads: int = Field(2, ge=1, le=64, description="threads for decode, detection and cropping")
-    detector: Literal["yunet", "haar"] = Field("yunet", description="face detector (haar: the old cascades)")
     detector_max_side: int = Field(640, ge=64, le=8192, description="images are downscaled to this for detection")
     detector_score_threshold: float = Field(0.5, gt=0, lt=1, description="YuNet detections below this are dropped")
     detector_nms_threshold: float = Field(0.3, gt=0, lt=1, description="YuNet's non-maximum suppression IoU")

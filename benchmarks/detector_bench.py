@@ -1,6 +1,6 @@
 """Face detector benchmark: recall, extra boxes and time per photo, and the service's no-box request rate.
 
-    python -m benchmarks.detector_bench [--detectors yunet,haar] [--out benchmarks/results/detector.md]
+    python -m benchmarks.detector_bench [--out benchmarks/results/detector.md]
 
 Recall on the AFLW2000-3D val split (by absolute yaw) and the 300-W subset's val split: a face counts as found
 when a detection's centre lies inside its ground-truth landmark box (``model.detector.match_detection``); extra
@@ -37,11 +37,8 @@ Detector = Callable[[np.ndarray], list[Detection]]
 
 
 def build(name: str) -> Detector:
-    if name == "haar":
-        from app.detector import HaarDetector
-
-        haar = HaarDetector()
-        return lambda image: [Detection(d.box, d.score) for d in haar(image)]
+    if name != "yunet":
+        raise SystemExit(f"unknown detector {name!r}: the service has YuNet (the Haar cascades were removed)")
     return YuNetDetector()
 
 
@@ -67,7 +64,7 @@ def photo_ms(detector: Detector, photos: list[np.ndarray]) -> float:
 
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--detectors", default="yunet,haar")
+    p.add_argument("--detectors", default="yunet", help="yunet (results/detector.md also holds the removed Haar)")
     p.add_argument("--clients", default="1,8")
     p.add_argument("--seconds", type=int, default=10)
     p.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT)
@@ -109,7 +106,7 @@ def main(args: argparse.Namespace) -> str:
         with tempfile.TemporaryDirectory() as tmp:
             count = write_bodies(Path(tmp), 64, with_boxes=False)
             for name in names:
-                settings = {"detector": name, "torch_threads": str(torch.get_num_threads())}
+                settings = {"torch_threads": str(torch.get_num_threads())}
                 log = Path(tmp) / f"server-{name}.log"
                 with running_server(args.checkpoint, log, **settings) as (base, _):
                     for c in clients:

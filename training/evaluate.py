@@ -172,7 +172,7 @@ def write_markdown(path: Path, results: dict[str, Any], header: str) -> None:
             "|---|---|---|---|---|---|---|---|",
         ]
         for subset, block in res.items():
-            if not isinstance(block, dict) or "box" not in block:
+            if not isinstance(block, dict) or "stage2" not in block.get("box", {}):
                 continue
             for norm, stages in block.items():
                 for stage in ("stage1", "stage2"):
@@ -181,6 +181,14 @@ def write_markdown(path: Path, results: dict[str, Any], header: str) -> None:
                         f"| {subset} | {norm} | {stage} | {s['nme_mean']:.2f} | {s['nme_median']:.2f} | "
                         f"{s['auc_0.07']:.2f} | {s['failure_0.07']:.2f} | {s['failure_0.10']:.2f} |"
                     )
+        if "gt_boxes_same_faces" in res:
+            ref = res["gt_boxes_same_faces"]
+            lines += [
+                "",
+                "The same faces with ground-truth boxes (stage 2, NME mean %): "
+                + ", ".join(f"{norm} {v['nme_mean']:.2f}" for norm, v in ref.items())
+                + ".",
+            ]
         if "yaw_bins_box" in res:
             keys = [k for k in res["yaw_bins_box"]["stage2"] if not k.endswith("_count")]
             lines += [
@@ -314,7 +322,7 @@ def cli() -> None:
         log.error("%s", exc)
         raise SystemExit(2) from exc
     for label, res in results["label_sets"].items():
-        block = next(v for v in res.values() if isinstance(v, dict) and "box" in v)
+        block = next(v for v in res.values() if isinstance(v, dict) and "stage2" in v.get("box", {}))
         print(
             f"{label}: box NME stage2 {block['box']['stage2']['nme_mean']:.2f} % "
             f"(stage1 {block['box']['stage1']['nme_mean']:.2f} %), faces {res['faces']}/{res['samples']}"

@@ -8,9 +8,11 @@ import pytest
 import yaml
 
 from model.checkpoint import load_for_inference
+from tests.conftest import mean_face
 from tests.training.fixtures import make_aflw2000, make_pts_split
 from training import evaluate, train
 from training.config import load_config
+from training.datasets import write_pts
 
 TINY = {
     "input_size": 64,
@@ -185,3 +187,20 @@ def test_evaluate_writes_report_table_plot_and_examples(tmp_path):
     assert "| all | box | stage2 |" in (out / "report.md").read_text()
     assert (out / "ced.png").read_bytes()[:4] == b"\x89PNG"
     assert len(list((out / "examples").glob("*.png"))) == 2
+
+
+def test_evaluate_with_the_detector_reports_recall_and_the_same_faces_with_gt_boxes(tmp_path, tiny_checkpoint):
+    portrait = Path(__file__).resolve().parents[1] / "data" / "astronaut.jpg"
+    (tmp_path / "images").mkdir()
+    (tmp_path / "images" / "astronaut.jpg").write_bytes(portrait.read_bytes())
+    write_pts(tmp_path / "images" / "astronaut.pts", mean_face(80, (224, 135)))  # about where the face is
+    (tmp_path / "val.txt").write_text("astronaut\n")
+    out = tmp_path / "eval"
+    args = ["--checkpoint", str(tiny_checkpoint), "--format", "pts_folder", "--data", str(tmp_path), "--split", "val"]
+    results = evaluate.main(
+        evaluate.get_args_parser().parse_args([*args, "--boxes", "detector", "--second-pass", "--out", str(out)])
+    )
+    report = results["label_sets"]["default"]
+    assert report["detector_recall"] == 1.0
+    assert set(report["gt_boxes_same_faces"]) == {"box", "inter_ocular", "inter_pupil"}
+    assert "The same faces with ground-truth boxes" in (out / "report.md").read_text()
