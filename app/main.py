@@ -83,8 +83,8 @@ def _watch_sigterm(app: FastAPI, service: LandmarkService) -> None:
             signal.raise_signal(signal.SIGTERM)
 
     def on_sigterm() -> None:
-        if not app.state.draining:
-            app.state.draining = True
+        if not service.draining:
+            service.lifecycle.state = "draining"  # refuse from this instant; the task drains
             loop.create_task(drain_then_exit())
 
     try:
@@ -141,7 +141,6 @@ def create_app(settings: Settings | None = None, handle_signals: bool = True) ->
     )
     app.state.settings = settings
     app.state.metrics = metrics
-    app.state.draining = False
     app.state.handle_signals = handle_signals
     app.include_router(landmarks.router)
     app.include_router(ops.router)

@@ -14,8 +14,9 @@ import numpy as np
 from numpy.typing import NDArray
 
 from app.batcher import Batcher, BatchInfo, inference_thread
-from app.errors import ServiceError, unavailable
+from app.errors import ServiceError
 from app.imaging import decode_image
+from app.lifecycle import Lifecycle
 from app.metrics import Metrics
 from app.predictor import CropJob, FaceResult, Predictor
 from app.settings import Settings
@@ -70,7 +71,7 @@ class LandmarkService:
         )
         metrics.track_queue(lambda: self.batcher.depth)
         self._pool = ThreadPoolExecutor(settings.preprocess_threads, thread_name_prefix="preprocess")
-        self.ready = False
+        self.lifecycle = Lifecycle()
 
     async def start(self) -> None:
         """Start the batcher and warm the model up on its own thread; then report ready."""
@@ -78,20 +79,32 @@ class LandmarkService:
         sizes = [1, self.settings.max_batch_size][: self.settings.warmup_batches]
         if sizes:
             await self.batcher.call_in_worker(lambda: self.predictor.warmup(sizes))
-        self.ready = True
-        self.metrics.ready.set(1)
+        if self.lifecycle.state == "starting":
+            self.lifecycle.state = "ready"
+            self.metrics.ready.set(1)
 
     async def stop(self) -> bool:
-        """Stop taking work, finish what is queued (within the drain timeout), release the threads."""
-        self.ready = False
+        """Refuse new requests, let every accepted one finish (within the drain timeout), release the threads.
+
+        Accepted requests keep the batcher and the pre-processing pool until they have their answer (a detected
+        face's second pass submits after the first), so those close only once the requests are done.
+        """
+        self.lifecycle.state = "draining"
         self.metrics.ready.set(0)
-        finished = await self.batcher.drain(self.settings.drain_timeout_s)
+        deadline = time.monotonic() + self.settings.drain_timeout_s
+        idle = await self.lifecycle.wait_idle(deadline)
+        finished = await self.batcher.drain(max(0.0, deadline - time.monotonic())) and idle
         self._pool.shutdown(wait=False, cancel_futures=True)
+        self.lifecycle.state = "closed"
         return finished
 
     @property
+    def ready(self) -> bool:
+        return self.lifecycle.ready
+
+    @property
     def draining(self) -> bool:
-        return self.batcher.closing
+        return self.lifecycle.draining
 
     async def _off_loop(self, fn: Callable[[], T]) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._pool, fn)
@@ -110,12 +123,7 @@ class LandmarkService:
         return [r for r, _ in served], [info for _, info in served], crop_ms
 
     async def predict(self, data: bytes, boxes: list[Box] | None, max_faces: int, deadline: float) -> Prediction:
-        """Run the whole pipeline for one uploaded image."""
-        if not self.ready:
-            raise unavailable(
-                "draining" if self.draining else "not_ready",
-                "the server is shutting down" if self.draining else "the model is not ready yet",
-            )
+        """Run the whole pipeline for one uploaded image (the route has accepted the request already)."""
         t0 = time.perf_counter()
         image = await self._off_loop(lambda: decode_image(data, self.settings.max_image_pixels))
         timings = {"decode": 1000 * (time.perf_counter() - t0)}

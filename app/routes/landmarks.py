@@ -114,7 +114,7 @@ async def run_request(request: Request, service: LandmarkService) -> Prediction:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + settings.request_timeout_s
     try:
-        async with asyncio.timeout_at(deadline):
+        async with service.lifecycle.accept(), asyncio.timeout_at(deadline):
             prediction = await _run(request, service, deadline)
     except TimeoutError:
         raise ServiceError(504, "deadline_exceeded", "the request passed its deadline", reason="timeout") from None

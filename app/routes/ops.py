@@ -27,12 +27,9 @@ async def live() -> Health:
 )
 async def ready(request: Request) -> Health:
     service = getattr(request.app.state, "service", None)
-    if service is None or not service.ready:
-        draining = service is not None and service.draining
-        raise unavailable(
-            "draining" if draining else "not_ready",
-            "the server is shutting down" if draining else "the model is loading or warming up",
-        )
+    if service is None:
+        raise unavailable("not_ready", "the model is loading or warming up")
+    service.lifecycle.check_ready()
     return Health(status="ready")
 
 

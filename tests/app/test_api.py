@@ -169,12 +169,12 @@ def test_deadline_is_504(tiny_checkpoint):
 
 def test_not_ready_and_draining_are_503_with_retry_after(client, face_png):
     service = client.app.state.service
-    service.ready = False
+    service.lifecycle.state = "starting"
     response = post(client, face_png[0], boxes=json.dumps([BOX]))
     assert_error(response, 503, "not_ready")
     assert response.headers["retry-after"]
     assert client.get("/health/ready").status_code == 503
-    service.ready = True
+    service.lifecycle.state = "ready"
     client.portal.call(service.stop)
     assert_error(post(client, face_png[0], boxes=json.dumps([BOX])), 503, "draining")
     assert_error(client.get("/health/ready"), 503, "draining")

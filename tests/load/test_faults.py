@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import signal
 import socket
 import subprocess
@@ -104,6 +105,58 @@ def test_sigterm_under_load_answers_every_accepted_request(slow_checkpoint, tmp_
     assert set(results) <= {200, 503}, results
     assert results.count(200) >= 6  # the queued ones finished after SIGTERM
     assert late == 503 or str(late).startswith("connection error")  # refused while draining, or gone
+    log = (tmp_path / "server.log").read_text()
+    assert "drain complete" in log
+    assert proc.returncode in (0, -signal.SIGTERM)
+
+
+PORTRAIT = (ROOT / "tests" / "data" / "astronaut.jpg").read_bytes()
+
+
+def post_without_boxes(base: str) -> int | str:
+    """The portrait with no ``boxes``: decode, detection, crop and both passes."""
+    boundary = "drainboundary7"
+    body = (
+        (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="a.jpg"\r\n'
+            f"Content-Type: image/jpeg\r\n\r\n"
+        ).encode()
+        + PORTRAIT
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
+    request = urllib.request.Request(
+        f"{base}/landmarks", data=body, headers={"Content-Type": f"multipart/form-data; boundary={boundary}"}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=120) as response:
+            return int(response.status) if len(json.loads(response.read())["faces"]) == 1 else "no face"
+    except urllib.error.HTTPError as exc:
+        return exc.code
+    except (urllib.error.URLError, OSError) as exc:
+        return f"connection error: {exc}"
+
+
+def test_sigterm_under_load_on_the_no_box_path_answers_every_accepted_request(slow_checkpoint, tmp_path):
+    with running_server(slow_checkpoint, tmp_path / "server.log", max_batch_size="2", queue_size="64") as (
+        base,
+        proc,
+    ):
+        results: list[int | str] = []
+        threads = [threading.Thread(target=lambda: results.append(post_without_boxes(base))) for _ in range(8)]
+        for t in threads:
+            t.start()
+        deadline = time.monotonic() + 10
+        while metric(base, "landmarks_in_flight_requests") < 9 and time.monotonic() < deadline:
+            time.sleep(0.02)  # all eight in flight (the gauge counts this /metrics request too)
+        time.sleep(0.1)  # and past the route's door
+        proc.send_signal(signal.SIGTERM)
+        time.sleep(0.05)
+        late = post_without_boxes(base)
+        for t in threads:
+            t.join(timeout=120)
+        proc.wait(timeout=60)
+    assert results == [200] * 8  # accepted before SIGTERM: every one answered in full, none dropped
+    assert late == 503 or str(late).startswith("connection error")
     log = (tmp_path / "server.log").read_text()
     assert "drain complete" in log
     assert proc.returncode in (0, -signal.SIGTERM)

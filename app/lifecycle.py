@@ -1,0 +1,64 @@
+"""The service's one lifecycle: starting -> ready -> draining -> closed, and the requests it has accepted.
+
+Every refusal for the state (``503 not_ready`` / ``503 draining``) is built here. A request is *accepted* when it
+enters :meth:`Lifecycle.accept` while the service is ready; from then on it runs to its answer even if SIGTERM
+arrives: :meth:`Lifecycle.wait_idle` lets the drain wait for every accepted request (decode, detection, crop and
+both passes), not only for the faces already queued at the batcher.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator
+from typing import Literal
+
+from app.errors import ServiceError, unavailable
+
+State = Literal["starting", "ready", "draining", "closed"]
+
+
+class Lifecycle:
+    def __init__(self) -> None:
+        self.state: State = "starting"
+        self.in_flight = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    @property
+    def ready(self) -> bool:
+        return self.state == "ready"
+
+    @property
+    def draining(self) -> bool:
+        return self.state in ("draining", "closed")
+
+    def refusal(self) -> ServiceError:
+        """The 503 for a request that arrives while the service is not ready."""
+        if self.draining:
+            return unavailable("draining", "the server is shutting down", retry_after_s=5)
+        return unavailable("not_ready", "the model is loading or warming up")
+
+    def check_ready(self) -> None:
+        if not self.ready:
+            raise self.refusal()
+
+    @contextlib.asynccontextmanager
+    async def accept(self) -> AsyncIterator[None]:
+        """Admit a request (503 unless ready) and count it until it has its answer."""
+        self.check_ready()
+        self.in_flight += 1
+        self._idle.clear()
+        try:
+            yield
+        finally:
+            self.in_flight -= 1
+            if self.in_flight == 0:
+                self._idle.set()
+
+    async def wait_idle(self, deadline: float) -> bool:
+        """Wait until no accepted request is left or ``time.monotonic()`` passes ``deadline``; True when idle."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._idle.wait(), max(0.0, deadline - time.monotonic()))
+        return self.in_flight == 0
