@@ -1,52 +1,129 @@
-"""Image decoding: format from the bytes, pixel limit from the header before decoding, EXIF orientation."""
+"""Image decoding: format from the bytes, pixel limit from the header before decoding, EXIF orientation.
+
+One decode path for every route: the header is read first (format, size), the pixel limit and the in-flight
+pixel budget are applied before any pixel is decoded, the EXIF orientation is applied when it can be read (a
+malformed EXIF block is ignored, never an error), and every pixel mode becomes 8-bit RGB by its real range
+(16-bit and 32-bit grey are scaled, not clipped to white).
+"""
 
 from __future__ import annotations
 
 import io
+import logging
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import cv2
 import numpy as np
 from numpy.typing import NDArray
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from app.errors import ServiceError
+from app.errors import ServiceError, unavailable
+
+log = logging.getLogger(__name__)
 
 ACCEPTED_FORMATS = {"JPEG": "JPEG", "PNG": "PNG", "WEBP": "WebP", "BMP": "BMP", "MPO": "JPEG"}
+ORIENTATION = 0x0112
+# Our own limit (LANDMARKS_MAX_IMAGE_PIXELS, read from the header) replaces Pillow's global bomb guard, whose
+# error would otherwise reach clients with Pillow's wording before ours is checked.
+Image.MAX_IMAGE_PIXELS = None
 
 
-def decode_image(data: bytes, max_pixels: int) -> NDArray[np.uint8]:
+class PixelBudget:
+    """Decoded pixels in flight across concurrent requests, bounded: a request that would pass the budget gets
+    ``503 busy`` (Retry-After) instead of decoding, so a burst of small files that claim huge sizes cannot take
+    the memory. One image alone is always admitted (it is under the per-image limit, which the budget exceeds)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+        self._lock = threading.Lock()
+
+    @contextmanager
+    def hold(self) -> Iterator[Callable[[int], None]]:
+        """A reservation for one request: call the yielded function with the pixels it will decode."""
+        held = 0
+
+        def reserve(pixels: int) -> None:
+            nonlocal held
+            with self._lock:
+                if self.used > 0 and self.used + pixels > self.limit:
+                    raise unavailable(
+                        "busy", f"{self.used} decoded pixels are in flight (limit {self.limit}); retry shortly"
+                    )
+                self.used += pixels
+                held += pixels
+
+        try:
+            yield reserve
+        finally:
+            with self._lock:
+                self.used -= held
+
+
+def _orient(image: Image.Image) -> Image.Image:
+    """Apply the EXIF orientation; a malformed EXIF block leaves the image as stored."""
+    try:
+        return ImageOps.exif_transpose(image)
+    except Exception:  # noqa: BLE001 - Pillow raises many types on malformed EXIF; the pixels are still good
+        log.info("ignoring a malformed EXIF block")
+        return image
+
+
+def _to_rgb8(image: Image.Image) -> NDArray[np.uint8]:
+    """8-bit RGB by the mode's real range: 16-bit grey / 255 of 65535, 32-bit int and float stretched."""
+    if image.mode.startswith("I;16") or image.mode in ("I", "F"):
+        values = np.asarray(image, dtype=np.float64)
+        if image.mode.startswith("I;16") or (image.mode == "I" and values.min() >= 0 and values.max() <= 65535):
+            grey = values / 257.0
+        else:
+            lo, hi = float(np.nanmin(values)), float(np.nanmax(values))
+            grey = (values - lo) * (255.0 / (hi - lo)) if hi > lo else np.zeros_like(values)
+        grey8 = np.clip(np.nan_to_num(grey).round(), 0, 255).astype(np.uint8)
+        return np.ascontiguousarray(np.repeat(grey8[:, :, None], 3, axis=2))
+    return np.asarray(image.convert("RGB"), dtype=np.uint8)
+
+
+def decode_image(data: bytes, max_pixels: int, reserve: Callable[[int], None] | None = None) -> NDArray[np.uint8]:
     """Bytes -> RGB uint8 ``(H, W, 3)``, EXIF-rotated.
 
     Raises :class:`ServiceError` 415 for anything that is not a decodable JPEG, PNG, WebP or BMP (whatever its
-    name or declared type) and 422 when width x height exceeds ``max_pixels`` (read from the header, before the
-    pixels are decoded: a decompression-bomb guard).
+    name or declared type), 422 when width x height exceeds ``max_pixels`` (read from the header, before the
+    pixels are decoded: a decompression-bomb guard), and whatever ``reserve(pixels)`` raises (the in-flight
+    budget, :class:`PixelBudget`) before decoding.
     """
     if not data:
         raise ServiceError(415, "unsupported_media_type", "the image is empty")
     try:
         image = Image.open(io.BytesIO(data))  # reads the header only
-        if image.format not in ACCEPTED_FORMATS:
-            raise ServiceError(
-                415, "unsupported_media_type", f"{image.format} images are not supported; send JPEG, PNG, WebP or BMP"
-            )
-        width, height = image.size
-        if width * height > max_pixels:
-            raise ServiceError(
-                422,
-                "image_too_large",
-                f"image is {width}x{height} = {width * height} pixels; the limit is {max_pixels}",
-                reason="too_many_pixels",
-            )
-        image.load()
-        rgb = np.asarray(ImageOps.exif_transpose(image).convert("RGB"), dtype=np.uint8)
-    except ServiceError:
-        raise
-    except Image.DecompressionBombError as exc:  # Pillow's own guard, above about 179 MP
-        raise ServiceError(422, "image_too_large", str(exc), reason="too_many_pixels") from exc
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError) as exc:
+    except UnidentifiedImageError:
+        raise ServiceError(415, "unsupported_media_type", "the bytes are not a JPEG, PNG, WebP or BMP image") from None
+    except (OSError, ValueError, SyntaxError, EOFError) as exc:
         raise ServiceError(
-            415, "unsupported_media_type", f"the bytes are not a decodable JPEG, PNG, WebP or BMP image ({exc})"
-        ) from exc
+            415, "unsupported_media_type", f"the image header is corrupt ({type(exc).__name__})"
+        ) from None
+    if image.format not in ACCEPTED_FORMATS:
+        raise ServiceError(
+            415, "unsupported_media_type", f"{image.format} images are not supported; send JPEG, PNG, WebP or BMP"
+        )
+    width, height = image.size
+    if width * height > max_pixels:
+        raise ServiceError(
+            422,
+            "image_too_large",
+            f"image is {width}x{height} = {width * height} pixels; the limit is {max_pixels}",
+            reason="too_many_pixels",
+        )
+    if reserve is not None:
+        reserve(width * height)
+    try:
+        image.load()
+        rgb = _to_rgb8(_orient(image))
+    except (OSError, ValueError, SyntaxError, EOFError, MemoryError) as exc:
+        raise ServiceError(
+            415, "unsupported_media_type", f"the {image.format} data is truncated or corrupt ({type(exc).__name__})"
+        ) from None
     return np.ascontiguousarray(rgb)
 
 

@@ -28,6 +28,9 @@ from app.middleware import RequestContext
 from app.routes import landmarks, ops
 from app.service import LandmarkService, load_service
 from app.settings import Settings
+from model.checkpoint import CheckpointError, load_checkpoint
+from model.detector import DetectorError, YuNetDetector
+from model.inference import resolve_device
 
 log = logging.getLogger("app")
 
@@ -124,14 +127,41 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             await service.stop()
 
 
+def startup_problem(settings: Settings) -> str | None:
+    """What would stop the start, in one line naming the variable or file, checked before uvicorn serves."""
+    try:
+        load_checkpoint(settings.checkpoint)
+    except CheckpointError as exc:
+        return f"LANDMARKS_CHECKPOINT: {exc}"
+    try:
+        device = resolve_device(settings.device)
+    except (ValueError, RuntimeError) as exc:
+        return f"LANDMARKS_DEVICE={settings.device}: {exc}"
+    if settings.precision == "fp16" and device.type != "cuda":
+        return f"LANDMARKS_PRECISION=fp16 needs CUDA, and the device is {device}; use bf16 or fp32 on CPU"
+    try:
+        YuNetDetector(max_side=settings.detector_max_side)
+    except DetectorError as exc:
+        return str(exc)
+    return None
+
+
 def create_app(settings: Settings | None = None, handle_signals: bool = True) -> FastAPI:
     """Build the service. Without ``settings`` they are read from ``LANDMARKS_*`` (a bad value exits with a message)."""
     if settings is None:
         try:
             settings = Settings()
         except ValidationError as exc:
-            lines = [f"  LANDMARKS_{'_'.join(str(p) for p in e['loc']).upper()}: {e['msg']}" for e in exc.errors()]
+            lines = [
+                f"  LANDMARKS_{'_'.join(str(p) for p in e['loc']).upper()}: {e['msg']}"
+                if e["loc"]
+                else f"  {e['msg'].removeprefix('Value error, ')}"
+                for e in exc.errors()
+            ]
             sys.exit("invalid settings:\n" + "\n".join(lines))
+        problem = startup_problem(settings)
+        if problem:
+            sys.exit(f"cannot start: {problem}")
     metrics = Metrics()
     app = FastAPI(
         title="dsc-landmarks",

@@ -15,7 +15,7 @@ from numpy.typing import NDArray
 
 from app.batcher import Batcher, BatchInfo, inference_thread
 from app.errors import ServiceError
-from app.imaging import decode_image
+from app.imaging import PixelBudget, decode_image
 from app.lifecycle import Lifecycle
 from app.metrics import Metrics
 from app.predictor import CropJob, FaceResult, Predictor
@@ -72,6 +72,7 @@ class LandmarkService:
         metrics.track_queue(lambda: self.batcher.depth)
         self._pool = ThreadPoolExecutor(settings.preprocess_threads, thread_name_prefix="preprocess")
         self.lifecycle = Lifecycle()
+        self.pixels = PixelBudget(settings.max_pixels_in_flight)
 
     async def start(self) -> None:
         """Start the batcher and warm the model up on its own thread; then report ready."""
@@ -123,9 +124,21 @@ class LandmarkService:
         return [r for r, _ in served], [info for _, info in served], crop_ms
 
     async def predict(self, data: bytes, boxes: list[Box] | None, max_faces: int, deadline: float) -> Prediction:
-        """Run the whole pipeline for one uploaded image (the route has accepted the request already)."""
+        """Run the whole pipeline for one uploaded image (the route has accepted the request already), holding
+        its decoded pixels against ``LANDMARKS_MAX_PIXELS_IN_FLIGHT`` until it is done."""
+        with self.pixels.hold() as reserve:
+            return await self._predict(data, boxes, max_faces, deadline, reserve)
+
+    async def _predict(
+        self,
+        data: bytes,
+        boxes: list[Box] | None,
+        max_faces: int,
+        deadline: float,
+        reserve: Callable[[int], None],
+    ) -> Prediction:
         t0 = time.perf_counter()
-        image = await self._off_loop(lambda: decode_image(data, self.settings.max_image_pixels))
+        image = await self._off_loop(lambda: decode_image(data, self.settings.max_image_pixels, reserve))
         timings = {"decode": 1000 * (time.perf_counter() - t0)}
         scores: list[float | None]
         if boxes is None:
@@ -185,6 +198,9 @@ def build_detector(settings: Settings) -> YuNetDetector:
     )
 
 
+MAX_BOX_FACTOR = 4  # a face box may overhang the photo (a tight close-up), not dwarf it
+
+
 def check_boxes(boxes: list[Box], width: int, height: int) -> None:
     """Caller boxes must be finite, non-degenerate and overlap the image (else 400)."""
     for i, (x1, y1, x2, y2) in enumerate(boxes):
@@ -194,3 +210,7 @@ def check_boxes(boxes: list[Box], width: int, height: int) -> None:
             raise ServiceError(400, "invalid_boxes", f"box {i} must have x2 > x1 and y2 > y1 (at least 1 px)")
         if x2 < 0 or y2 < 0 or x1 > width - 1 or y1 > height - 1:
             raise ServiceError(400, "invalid_boxes", f"box {i} lies outside the {width}x{height} image")
+        if max(x2 - x1, y2 - y1) > MAX_BOX_FACTOR * max(width, height):
+            raise ServiceError(
+                400, "invalid_boxes", f"box {i} is more than {MAX_BOX_FACTOR}x the size of the {width}x{height} image"
+            )

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parents[1] / "model" / "weights" / "dsc_landmarks_cpu.pt"
@@ -36,6 +36,9 @@ class Settings(BaseSettings):
     request_timeout_s: float = Field(30.0, gt=0, le=3600, description="per-request deadline before 504")
     max_upload_bytes: int = Field(10 * 1024 * 1024, ge=1024, description="request body limit before 413")
     max_image_pixels: int = Field(40_000_000, ge=64, description="width x height limit before 422")
+    max_pixels_in_flight: int = Field(
+        120_000_000, ge=64, description="decoded pixels of all requests at once before 503 busy (>= max_image_pixels)"
+    )
     max_faces: int = Field(10, ge=1, le=100, description="default and upper limit of faces per image")
     torch_threads: int | None = Field(None, ge=1, le=1024, description="torch intra-op threads (default: torch's)")
     preprocess_threads: int = Field(2, ge=1, le=64, description="threads for decode, detection and cropping")
@@ -54,6 +57,20 @@ class Settings(BaseSettings):
     )
     warmup_batches: int = Field(2, ge=0, le=100, description="forwards before /health/ready turns 200")
     drain_timeout_s: float = Field(20.0, ge=0, le=600, description="on SIGTERM, time to finish queued work")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Settings:
+        if self.queue_size < self.max_batch_size:
+            raise ValueError(
+                f"LANDMARKS_QUEUE_SIZE ({self.queue_size}) must be at least LANDMARKS_MAX_BATCH_SIZE "
+                f"({self.max_batch_size}), or no batch could ever fill"
+            )
+        if self.max_pixels_in_flight < self.max_image_pixels:
+            raise ValueError(
+                f"LANDMARKS_MAX_PIXELS_IN_FLIGHT ({self.max_pixels_in_flight}) must be at least "
+                f"LANDMARKS_MAX_IMAGE_PIXELS ({self.max_image_pixels}), or an image under the limit could never run"
+            )
+        return self
 
     @field_validator("device")
     @classmethod

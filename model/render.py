@@ -22,24 +22,36 @@ def draw_landmarks(
     box: NDArray[np.floating] | None = None,
     truth: NDArray[np.floating] | None = None,
 ) -> NDArray[np.uint8]:
-    """A copy of the RGB ``image`` with one face's 68 ``points`` drawn (sub-pixel, anti-aliased)."""
+    """A copy of the RGB ``image`` with one face's 68 ``points`` drawn (sub-pixel, anti-aliased).
+
+    Coordinates far outside the image (a caller's box with a huge far corner) are clipped to one image size
+    beyond its edges, so OpenCV's fixed-point drawing never overflows; non-finite points are not drawn.
+    """
     out = np.ascontiguousarray(image.copy())
-    scale = max(out.shape[:2]) / 500.0
+    side = max(out.shape[:2])
+    scale = side / 500.0
     radius, thickness, shift = max(1, round(2 * scale)), max(1, round(scale)), 4
     fixed = 1 << shift
 
+    def clip(p: NDArray[np.floating]) -> NDArray[np.float64]:
+        return np.clip(np.nan_to_num(np.asarray(p, dtype=np.float64), nan=-side), -side, 2 * side)
+
     def pt(p: NDArray[np.floating]) -> tuple[int, int]:
-        return int(round(float(p[0]) * fixed)), int(round(float(p[1]) * fixed))
+        q = clip(p)
+        return int(round(float(q[0]) * fixed)), int(round(float(q[1]) * fixed))
 
     if box is not None:
         cv2.rectangle(out, pt(box[:2]), pt(box[2:]), (80, 160, 255), thickness, cv2.LINE_AA, shift)
     if truth is not None:
         for p in truth:
             cv2.circle(out, pt(p), radius, (255, 255, 255), -1, cv2.LINE_AA, shift)
+    finite: NDArray[np.bool_] = np.asarray(np.isfinite(np.asarray(points, dtype=np.float64)).all(axis=1))
     for contour in CONTOURS:
-        poly = (np.asarray(points)[list(contour)] * fixed).round().astype(np.int32)
-        cv2.polylines(out, [poly], False, (0, 200, 255), thickness, cv2.LINE_AA, shift)
+        if finite[list(contour)].all():
+            poly = (clip(np.asarray(points)[list(contour)]) * fixed).round().astype(np.int32)
+            cv2.polylines(out, [poly], False, (0, 200, 255), thickness, cv2.LINE_AA, shift)
     conf = np.ones(len(points)) if confidence is None else np.asarray(confidence)
-    for p, c in zip(points, conf, strict=True):
-        cv2.circle(out, pt(p), radius + 1, confidence_colour(float(c)), -1, cv2.LINE_AA, shift)
+    for p, c, ok in zip(points, conf, finite, strict=True):
+        if ok:
+            cv2.circle(out, pt(p), radius + 1, confidence_colour(float(c)), -1, cv2.LINE_AA, shift)
     return out

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from model.checkpoint import save_checkpoint
 from model.config import cpu
@@ -193,23 +194,74 @@ def test_stalled_partial_body_and_disconnects_leave_the_server_healthy(tiny_chec
         assert post(base) == 200
 
 
-@pytest.mark.parametrize("kind", ["corrupt", "other_config"])
-def test_bad_checkpoint_refuses_to_start(tmp_path, kind):
-    path = tmp_path / "bad.pt"
-    if kind == "corrupt":
-        path.write_bytes(b"\x00" * 1000)
-    else:
-        config = tiny_config()
-        save_checkpoint(path, build_model(dataclasses.replace(config, dsc_width=4)), config)
+def start_server(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     port = free_port()
-    result = subprocess.run(
+    return subprocess.run(
         [sys.executable, "-m", "uvicorn", "app.main:app", "--host", "127.0.0.1", "--port", str(port)],
         cwd=ROOT,
-        env={"LANDMARKS_CHECKPOINT": str(path), "LANDMARKS_DEVICE": "cpu", "PATH": "/usr/bin:/bin"},
+        env={"LANDMARKS_DEVICE": "cpu", "PATH": "/usr/bin:/bin", **env},
         capture_output=True,
         text=True,
         timeout=120,
     )
+
+
+def write_bad_checkpoint(path: Path, kind: str) -> Path:
+    if kind == "corrupt":
+        path.write_bytes(b"\x00" * 1000)
+    elif kind == "empty":
+        path.write_bytes(b"")
+    elif kind == "random":
+        path.write_bytes(np.random.default_rng(0).bytes(5000))
+    elif kind == "text":
+        path.write_text("this is not a checkpoint\n" * 20)
+    elif kind == "directory":
+        path.mkdir()
+    elif kind == "other_config":
+        config = tiny_config()
+        save_checkpoint(path, build_model(dataclasses.replace(config, dsc_width=4)), config)
+    return path  # "missing": nothing written
+
+
+@pytest.mark.parametrize(
+    ("kind", "reason"),
+    [
+        ("missing", "does not exist"),
+        ("empty", "is empty"),
+        ("corrupt", "corrupt"),
+        ("random", "corrupt"),
+        ("text", "corrupt"),
+        ("directory", "is a directory"),
+        ("other_config", "do not fit"),
+    ],
+)
+def test_bad_checkpoint_refuses_to_start_with_one_line(tmp_path, kind, reason):
+    path = write_bad_checkpoint(tmp_path / "bad.pt", kind)
+    result = start_server({"LANDMARKS_CHECKPOINT": str(path)})
     assert result.returncode != 0
-    assert "bad.pt" in result.stderr
-    assert ("corrupt" if kind == "corrupt" else "do not fit") in result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert "Traceback" not in result.stderr
+    assert lines[-1].startswith("cannot start: LANDMARKS_CHECKPOINT: checkpoint ")
+    assert "bad.pt" in lines[-1]
+    assert reason in lines[-1]
+
+
+@pytest.mark.parametrize(
+    ("env", "names"),
+    [
+        ({"LANDMARKS_QUEUE_SIZE": "4", "LANDMARKS_MAX_BATCH_SIZE": "16"}, "LANDMARKS_QUEUE_SIZE"),
+        pytest.param(
+            {"LANDMARKS_DEVICE": "cuda"},
+            "LANDMARKS_DEVICE=cuda",
+            marks=pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA"),
+        ),
+        ({"LANDMARKS_PRECISION": "fp16"}, "LANDMARKS_PRECISION=fp16"),
+        ({"LANDMARKS_MAX_PIXELS_IN_FLIGHT": "1000", "LANDMARKS_MAX_IMAGE_PIXELS": "5000"}, "LANDMARKS_MAX_PIXELS"),
+    ],
+)
+def test_settings_that_fail_later_stop_the_start_with_one_line(tmp_path, env, names):
+    result = start_server(env)
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert names in lines[-1]
