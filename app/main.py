@@ -192,15 +192,33 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(name)
 
 
-def run() -> None:
-    """Console script: ``dsc-landmarks-serve [--host H] [--port P]``."""
+def run(argv: list[str] | None = None) -> None:
+    """Console script: ``dsc-landmarks-serve [--host H] [--port P]`` — uvicorn with the connection guards of
+    :mod:`app.http` and the ``LANDMARKS_HEADER_*`` / ``LANDMARKS_KEEP_ALIVE_S`` settings."""
     import argparse
 
     import uvicorn
 
+    from app.http import HeadLimits, guarded_protocol
+
     parser = argparse.ArgumentParser(description="serve the landmark API")
     parser.add_argument("--host", default="0.0.0.0")
     parser.add_argument("--port", type=int, default=8000)
-    args = parser.parse_args()
+    parser.add_argument("--timeout-graceful-shutdown", type=float, default=30.0, help="after the drain, seconds")
+    args = parser.parse_args(argv)
     _configure_logging()
-    uvicorn.run(create_app(), host=args.host, port=args.port, timeout_graceful_shutdown=60)
+    app = create_app()
+    settings: Settings = app.state.settings
+    limits = HeadLimits(settings.header_timeout_s, settings.max_header_bytes, settings.max_headers)
+    uvicorn.run(
+        app,
+        host=args.host,
+        port=args.port,
+        http=guarded_protocol(limits),
+        timeout_keep_alive=settings.keep_alive_s,
+        timeout_graceful_shutdown=args.timeout_graceful_shutdown,
+    )
+
+
+if __name__ == "__main__":
+    run()

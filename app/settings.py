@@ -55,6 +55,12 @@ class Settings(BaseSettings):
     cuda_graphs: bool = Field(
         True, description="on CUDA, replay one captured CUDA graph per power-of-two batch size (ignored on CPU)"
     )
+    header_timeout_s: float = Field(
+        10.0, gt=0, le=600, description="time for a request's line and headers to arrive before 408 and close"
+    )
+    max_header_bytes: int = Field(16_384, ge=1024, le=1_048_576, description="request line + headers, else 431")
+    max_headers: int = Field(100, ge=10, le=10_000, description="header fields per request, else 431")
+    keep_alive_s: int = Field(5, ge=1, le=600, description="idle seconds before a kept-alive connection closes")
     warmup_batches: int = Field(2, ge=0, le=100, description="forwards before /health/ready turns 200")
     drain_timeout_s: float = Field(20.0, ge=0, le=600, description="on SIGTERM, time to finish queued work")
 

@@ -34,7 +34,7 @@ def http_status(url: str, timeout: float = 2.0) -> int:
 
 @contextlib.contextmanager
 def running_server(checkpoint: Path, log_path: Path, **settings: str) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
-    """Start ``uvicorn app.main:app`` and wait until /health/ready is 200; yields (base URL, process)."""
+    """Start the server as ``dsc-landmarks-serve`` does; wait until /health/ready is 200; yield (base URL, process)."""
     port = free_port()
     env = {
         **os.environ,
@@ -45,7 +45,7 @@ def running_server(checkpoint: Path, log_path: Path, **settings: str) -> Iterato
     }
     log = log_path.open("wb")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "app.main:app", "--host", "127.0.0.1", "--port", str(port)],
+        [sys.executable, "-m", "app.main", "--host", "127.0.0.1", "--port", str(port)],
         cwd=ROOT,
         env=env,
         stdout=log,

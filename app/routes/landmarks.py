@@ -64,7 +64,7 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     413: _error("request body over LANDMARKS_MAX_UPLOAD_BYTES (refused before it is read)"),
     415: _error("the bytes are not a decodable JPEG, PNG, WebP or BMP image"),
     422: _error("no `image` field, or the image exceeds LANDMARKS_MAX_IMAGE_PIXELS (checked from its header)"),
-    503: _error("queue full, model not ready, or server draining; see the Retry-After header"),
+    503: _error("queue full, decoded-pixel budget busy, model not ready, or server draining; see Retry-After"),
     504: _error("the request passed LANDMARKS_REQUEST_TIMEOUT_S"),
 }
 

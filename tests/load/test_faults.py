@@ -265,3 +265,62 @@ def test_settings_that_fail_later_stop_the_start_with_one_line(tmp_path, env, na
     assert "Traceback" not in result.stderr
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert names in lines[-1]
+
+
+def read_all(sock: socket.socket, timeout: float) -> bytes:
+    sock.settimeout(timeout)
+    chunks = []
+    try:
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
+    except (TimeoutError, ConnectionResetError):
+        pass
+    return b"".join(chunks)
+
+
+def json_error(reply: bytes) -> tuple[int, str]:
+    head, _, body = reply.partition(b"\r\n\r\n")
+    status = int(head.split(b" ", 2)[1])
+    return status, json.loads(body)["error"]
+
+
+def test_connection_guards_time_out_slow_heads_cap_header_size_and_answer_json(tiny_checkpoint, tmp_path):
+    settings = {"header_timeout_s": "1", "max_header_bytes": "4096", "max_headers": "50", "keep_alive_s": "2"}
+    with running_server(tiny_checkpoint, tmp_path / "server.log", **settings) as (base, _):
+        port = int(base.rsplit(":", 1)[1])
+        started = time.monotonic()
+        silent = socket.create_connection(("127.0.0.1", port), timeout=10)  # never sends
+        assert json_error(read_all(silent, 5)) == (408, "request_timeout")
+        assert time.monotonic() - started < 4
+        trickle = socket.create_connection(("127.0.0.1", port), timeout=10)  # a byte every 0.2 s
+        started = time.monotonic()
+        for byte in b"GET /health/live HTTP/1.1\r\nHost: x\r\n":
+            try:
+                trickle.send(bytes([byte]))
+            except OSError:
+                break
+            time.sleep(0.2)
+            if time.monotonic() - started > 3:
+                break
+        assert json_error(read_all(trickle, 3)) == (408, "request_timeout")
+        for head in (
+            b"GET /health/live HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 8000 + b"\r\n\r\n",
+            b"GET /health/live HTTP/1.1\r\nHost: x\r\n" + b"".join(b"X-%d: 1\r\n" % i for i in range(80)) + b"\r\n",
+        ):
+            sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+            sock.sendall(head)
+            assert json_error(read_all(sock, 5)) == (431, "headers_too_large")
+        sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+        sock.sendall(b"NOT HTTP AT ALL\r\n\r\n")
+        assert json_error(read_all(sock, 5)) == (400, "bad_request")
+        # Ordinary clients are unaffected: two requests on one kept-alive connection.
+        sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+        sock.settimeout(5)
+        for _ in range(2):
+            sock.sendall(b"GET /health/live HTTP/1.1\r\nHost: x\r\n\r\n")
+            reply = b""
+            while b"\r\n\r\n" not in reply or not reply.endswith(b"}"):
+                reply += sock.recv(65536)
+            assert reply.startswith(b"HTTP/1.1 200")
+            time.sleep(1.2)  # longer than the head timeout between requests: the timer starts per request
+        assert http_status(f"{base}/health/ready") == 200
