@@ -90,6 +90,16 @@ def read_pts(path: Path) -> NDArray[np.float64]:
     return points - 1.0
 
 
+def read_68(pts_path: Path) -> NDArray[np.float64]:
+    """A face's 68 points from its ``.pts`` file; a missing file or another point count names the file."""
+    if not pts_path.is_file():
+        raise DataError(f"{pts_path}: missing")
+    points = read_pts(pts_path)
+    if points.shape != (NUM_LANDMARKS, 2):
+        raise DataError(f"{pts_path}: expected 68 points, found {len(points)}")
+    return points
+
+
 def write_pts(path: Path, points: NDArray[np.floating]) -> None:
     """Write 0-based points as a 1-based 300-W ``.pts`` file (inverse of :func:`read_pts`)."""
     body = "\n".join(f"{x + 1:.3f} {y + 1:.3f}" for x, y in points)
@@ -175,9 +185,7 @@ def read_aflw2000(
             raise DataError(f"{mat_path}: missing")
         mat = _load_mat(mat_path)
         if labels == "pts":
-            points = read_pts(stem_path.with_suffix(".pts"))
-            if points.shape != (NUM_LANDMARKS, 2):
-                raise DataError(f"{stem_path.with_suffix('.pts')}: expected 68 points")
+            points = read_68(stem_path.with_suffix(".pts"))
         else:
             points = _as_68x2(_mat_field(mat, "pt3d_68", mat_path), mat_path, "pt3d_68")
         return Sample(_image_beside(stem_path), points, stem_path.stem, split or "", _yaw_from_pose(mat, mat_path))
@@ -194,10 +202,7 @@ def read_pts_folder(root: Path, subset: str = "", skip_bad: bool = False) -> lis
         raise DataError(f"{root}: no .pts files found")
 
     def read(pts_path: Path) -> Sample:
-        points = read_pts(pts_path)
-        if points.shape != (NUM_LANDMARKS, 2):
-            raise DataError(f"{pts_path}: expected 68 points, found {len(points)}")
-        return Sample(_image_beside(pts_path), points, pts_path.stem, subset or root.name)
+        return Sample(_image_beside(pts_path), read_68(pts_path), pts_path.stem, subset or root.name)
 
     return _collect(files, read, skip_bad, f"300-W folder {root}")
 
@@ -211,13 +216,7 @@ def read_pts_split(root: Path, split: str, skip_bad: bool = False) -> list[Sampl
         raise DataError(f"{root / f'{split}.txt'}: lists no sample")
 
     def read(stem_path: Path) -> Sample:
-        pts_path = stem_path.with_suffix(".pts")
-        if not pts_path.is_file():
-            raise DataError(f"{pts_path}: missing")
-        points = read_pts(pts_path)
-        if points.shape != (NUM_LANDMARKS, 2):
-            raise DataError(f"{pts_path}: expected 68 points, found {len(points)}")
-        return Sample(_image_beside(stem_path), points, stem_path.stem, split)
+        return Sample(_image_beside(stem_path), read_68(stem_path.with_suffix(".pts")), stem_path.stem, split)
 
     return _collect((folder / s for s in stems), read, skip_bad, f"300-W folder {root} ({split})")
 

@@ -12,6 +12,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -69,6 +70,19 @@ def metric(base: str, name: str) -> float:
     raise AssertionError(f"{name} not exported")
 
 
+def terminate_during(
+    proc: subprocess.Popen[bytes], threads: list[threading.Thread], late: Callable[[], int | str]
+) -> int | str:
+    """SIGTERM the server while ``threads`` are in flight, send one late request, wait for all and the exit."""
+    proc.send_signal(signal.SIGTERM)
+    time.sleep(0.05)
+    answer = late()
+    for t in threads:
+        t.join(timeout=120)
+    proc.wait(timeout=60)
+    return answer
+
+
 def test_4x_queue_overload_gives_only_200_or_503_and_bounded_memory(slow_checkpoint, tmp_path):
     queue = 8
     with running_server(
@@ -96,12 +110,7 @@ def test_sigterm_under_load_answers_every_accepted_request(slow_checkpoint, tmp_
     ):
         threads, results = fire(base, 12)
         time.sleep(0.3)  # let them be accepted and queue up
-        proc.send_signal(signal.SIGTERM)
-        time.sleep(0.05)
-        late = post(base)
-        for t in threads:
-            t.join(timeout=120)
-        proc.wait(timeout=60)
+        late = terminate_during(proc, threads, lambda: post(base))
     assert len(results) == 12
     assert set(results) <= {200, 503}, results
     assert results.count(200) >= 6  # the queued ones finished after SIGTERM
@@ -150,12 +159,7 @@ def test_sigterm_under_load_on_the_no_box_path_answers_every_accepted_request(sl
         while metric(base, "landmarks_in_flight_requests") < 9 and time.monotonic() < deadline:
             time.sleep(0.02)  # all eight in flight (the gauge counts this /metrics request too)
         time.sleep(0.1)  # and past the route's door
-        proc.send_signal(signal.SIGTERM)
-        time.sleep(0.05)
-        late = post_without_boxes(base)
-        for t in threads:
-            t.join(timeout=120)
-        proc.wait(timeout=60)
+        late = terminate_during(proc, threads, lambda: post_without_boxes(base))
     assert results == [200] * 8  # accepted before SIGTERM: every one answered in full, none dropped
     assert late == 503 or str(late).startswith("connection error")
     log = (tmp_path / "server.log").read_text()
