@@ -8,7 +8,7 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-DEFAULT_CHECKPOINT = Path(__file__).resolve().parents[1] / "model" / "weights" / "dsc_landmarks_cpu.pt"
+from model.checkpoint import SHIPPED_CHECKPOINT
 
 
 class Settings(BaseSettings):
@@ -19,7 +19,7 @@ class Settings(BaseSettings):
         env_prefix="LANDMARKS_", env_ignore_empty=True, frozen=True, protected_namespaces=()
     )
 
-    checkpoint: Path = Field(DEFAULT_CHECKPOINT, description="model checkpoint to serve")
+    checkpoint: Path = Field(SHIPPED_CHECKPOINT, description="model checkpoint to serve")
     device: str = Field("auto", description="auto (CUDA when available, else CPU), cpu, cuda or cuda:N")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
         "auto", description="auto: fp16 on CUDA, bf16 on CPUs with native bf16 (AVX512-BF16/AMX), else fp32"

@@ -22,12 +22,12 @@ import cv2
 import numpy as np
 import torch
 
-from app.settings import DEFAULT_CHECKPOINT
 from benchmarks.common import machine, table
+from benchmarks.server import running_server
 from benchmarks.service_bench import DATA, drive, write_bodies
+from model.checkpoint import SHIPPED_CHECKPOINT
 from model.detector import Detection, YuNetDetector, match_detection
 from model.geometry import box_from_points
-from tests.server import running_server
 from training.datasets import Sample, load_image, load_samples
 from training.metrics import YAW_BINS
 
@@ -67,7 +67,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--detectors", default="yunet", help="yunet (results/detector.md also holds the removed Haar)")
     p.add_argument("--clients", default="1,8")
     p.add_argument("--seconds", type=int, default=10)
-    p.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT)
+    p.add_argument("--checkpoint", type=Path, default=SHIPPED_CHECKPOINT)
     p.add_argument("--out", type=Path, default=None)
     return p
 

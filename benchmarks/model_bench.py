@@ -124,7 +124,7 @@ def stage_costs(config: ModelConfig, mode: str, batch: int) -> list[tuple[str, f
     return out
 
 
-def main() -> None:
+def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--presets", default="cpu,paper_s4,paper")
     parser.add_argument("--batch-sizes", default="1,2,4,8,16,32")
@@ -132,7 +132,10 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--compile", action="store_true", help="also compare torch.compile with eager")
     parser.add_argument("--out", type=Path)
-    args = parser.parse_args()
+    return parser
+
+
+def main(args: argparse.Namespace) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     modes = [m for m in args.modes.split(",") if m.startswith("fp32") or cpu_supports_bf16()]
@@ -193,4 +196,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    main(get_args_parser().parse_args())

@@ -27,9 +27,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from app.settings import DEFAULT_CHECKPOINT
 from benchmarks.common import machine, table
-from model.checkpoint import load_for_inference
+from model.checkpoint import SHIPPED_CHECKPOINT, load_for_inference
 from model.detector import YuNetDetector, match_detection
 from model.geometry import box_from_points
 from model.inference import InferenceModel
@@ -157,7 +156,7 @@ def compare(name: str, engine: InferenceModel, predictor: Any, hog: Any, yunet: 
 
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT)
+    parser.add_argument("--checkpoint", type=Path, default=SHIPPED_CHECKPOINT)
     parser.add_argument("--precision", default="fp32")
     parser.add_argument("--out", type=Path)
     return parser

@@ -21,10 +21,9 @@ from pathlib import Path
 
 import torch
 
-from app.settings import DEFAULT_CHECKPOINT
 from benchmarks.common import machine, table, timeit
-from model.checkpoint import load_for_inference
-from tests.server import running_server
+from benchmarks.server import running_server
+from model.checkpoint import SHIPPED_CHECKPOINT, load_for_inference
 from training.datasets import read_aflw2000
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "aflw2000-3d"
@@ -117,15 +116,18 @@ def raw_throughput(checkpoint: Path, precision: str, batch: int) -> float:
     return batch / timeit(lambda: engine(crops, inverse), min_time=2.0)
 
 
-def main() -> None:
+def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT)
+    parser.add_argument("--checkpoint", type=Path, default=SHIPPED_CHECKPOINT)
     parser.add_argument("--precision", default="bf16")
     parser.add_argument("--clients", default="1,8,32")
     parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--out", type=Path)
     parser.add_argument("--log-dir", type=Path, default=Path("runs/bench"))
-    args = parser.parse_args()
+    return parser
+
+
+def main(args: argparse.Namespace) -> None:
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is needed for the load: apt-get install wrk")
     args.log_dir.mkdir(parents=True, exist_ok=True)
@@ -195,4 +197,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    main(get_args_parser().parse_args())

@@ -25,6 +25,7 @@ from model.inference import InferenceModel, Precision, prepare
 from model.network import LandmarkNet, build_model
 
 FORMAT = "dsc-landmarks/1"
+SHIPPED_CHECKPOINT = Path(__file__).resolve().parent / "weights" / "dsc_landmarks_cpu.pt"  # what the service serves
 log = logging.getLogger(__name__)
 
 

@@ -7,16 +7,16 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from app.settings import DEFAULT_CHECKPOINT
+from model.checkpoint import SHIPPED_CHECKPOINT
 from tests.app.conftest import open_client, png_bytes
 from training.datasets import read_aflw2000
 from training.metrics import box_size, nme
 
 
-@pytest.mark.skipif(not DEFAULT_CHECKPOINT.is_file(), reason="no shipped checkpoint")
+@pytest.mark.skipif(not SHIPPED_CHECKPOINT.is_file(), reason="no shipped checkpoint")
 def test_real_face_within_10_percent_box_nme(aflw_dir):
     samples = read_aflw2000(aflw_dir, "val")[:5]
-    with open_client(DEFAULT_CHECKPOINT) as client:
+    with open_client(SHIPPED_CHECKPOINT) as client:
         errors = []
         for sample in samples:
             box = [*sample.points.min(0), *sample.points.max(0)]
@@ -34,9 +34,9 @@ def test_real_face_within_10_percent_box_nme(aflw_dir):
 ASTRONAUT = Path(__file__).resolve().parents[1] / "data" / "astronaut.jpg"
 
 
-@pytest.mark.skipif(not DEFAULT_CHECKPOINT.is_file(), reason="no shipped checkpoint")
+@pytest.mark.skipif(not SHIPPED_CHECKPOINT.is_file(), reason="no shipped checkpoint")
 def test_public_domain_portrait_gets_one_plausible_face():
-    with open_client(DEFAULT_CHECKPOINT) as client:
+    with open_client(SHIPPED_CHECKPOINT) as client:
         response = client.post("/landmarks", files={"image": ("a.jpg", ASTRONAUT.read_bytes(), "image/jpeg")})
     assert response.status_code == 200
     faces = response.json()["faces"]
@@ -64,10 +64,10 @@ def group_photo() -> np.ndarray:
     return canvas
 
 
-@pytest.mark.skipif(not DEFAULT_CHECKPOINT.is_file(), reason="no shipped checkpoint")
+@pytest.mark.skipif(not SHIPPED_CHECKPOINT.is_file(), reason="no shipped checkpoint")
 def test_group_photo_returns_every_face_largest_first_capped_by_max_faces():
     data = png_bytes(group_photo())
-    with open_client(DEFAULT_CHECKPOINT) as client:
+    with open_client(SHIPPED_CHECKPOINT) as client:
         every = client.post("/landmarks", files={"image": ("g.png", data, "image/png")})
         two = client.post("/landmarks", files={"image": ("g.png", data, "image/png")}, data={"max_faces": "2"})
     assert every.status_code == two.status_code == 200

@@ -11,8 +11,8 @@ import pytest
 import yaml
 
 from app.settings import Settings
+from benchmarks.server import ROOT
 from tests.app.conftest import open_client
-from tests.server import ROOT
 
 DOCKER = ROOT / "docker"
 METRIC = re.compile(r"\blandmarks_[a-z_]+\b")

@@ -19,13 +19,13 @@ import numpy as np
 import pytest
 import torch
 
+from benchmarks.server import ROOT, free_port, http_status, running_server
 from model.checkpoint import save_checkpoint
 from model.config import cpu
 from model.network import build_model
 from tests.app.conftest import png_bytes
 from tests.conftest import tiny_config
 from tests.deploy.test_prometheus_live import post_image
-from tests.server import ROOT, free_port, http_status, running_server
 
 IMAGE = png_bytes(np.full((96, 96, 3), 120, np.uint8))
 

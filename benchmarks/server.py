@@ -1,4 +1,5 @@
-"""Run the real service (uvicorn in a subprocess) on a free loopback port for integration tests."""
+"""Run the real service (``python -m app.main`` in a subprocess) on a free loopback port, for the benchmarks and
+the integration tests. Only the standard library: the benchmarks talk to the service over HTTP, never import it."""
 
 from __future__ import annotations
 

@@ -1,0 +1,37 @@
+"""Dependencies point one way: app, training and benchmarks build on model (the core); model imports none of
+them; app imports neither training nor benchmarks; nothing imports the tests. The benchmarks talk to the service
+over HTTP (``benchmarks.server`` starts it as a process) and use training's data readers and metrics, the
+evaluation protocol they report in, but not its training loop."""
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+FORBIDDEN = {
+    "model": {"app", "training", "benchmarks", "tests"},
+    "training": {"app", "benchmarks", "tests"},
+    "benchmarks": {"app", "training.train", "tests"},
+    "app": {"training", "benchmarks", "tests"},
+}
+
+
+def imported_modules(path: Path) -> set[str]:
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            names |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module)
+    return names
+
+
+@pytest.mark.parametrize("package", sorted(FORBIDDEN))
+def test_no_import_points_the_wrong_way(package):
+    wrong = []
+    for path in sorted((ROOT / package).rglob("*.py")):
+        for name in imported_modules(path):
+            if any(name == f or name.startswith(f + ".") for f in FORBIDDEN[package]):
+                wrong.append(f"{path.relative_to(ROOT)} imports {name}")
+    assert not wrong, "\n".join(wrong)
