@@ -18,9 +18,12 @@ from typing import Any
 import torch
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from swagger_ui_bundle import swagger_ui_path
 
 from app.errors import ServiceError
 from app.metrics import Metrics
@@ -127,6 +130,21 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             await service.stop()
 
 
+def _install_docs(app: FastAPI) -> None:
+    """``/docs``: Swagger UI from the ``swagger-ui-bundle-v2`` package, so it works offline and behind firewalls."""
+    app.mount("/docs/assets", StaticFiles(directory=swagger_ui_path), name="docs-assets")
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs() -> HTMLResponse:
+        return get_swagger_ui_html(
+            openapi_url=app.openapi_url or "/openapi.json",
+            title=f"{app.title} — API",
+            swagger_js_url="/docs/assets/swagger-ui-bundle.js",
+            swagger_css_url="/docs/assets/swagger-ui.css",
+            swagger_favicon_url="/docs/assets/favicon-32x32.png",
+        )
+
+
 def startup_problem(settings: Settings) -> str | None:
     """What would stop the start, in one line naming the variable or file, checked before uvicorn serves."""
     try:
@@ -168,12 +186,15 @@ def create_app(settings: Settings | None = None, handle_signals: bool = True) ->
         version="0.1.0",
         summary="68-point facial landmarks (dilated skip convolution network, Chim et al. 2019)",
         lifespan=lifespan,
+        docs_url=None,  # served below from packaged assets: FastAPI's default page loads them from a CDN
+        redoc_url=None,
     )
     app.state.settings = settings
     app.state.metrics = metrics
     app.state.handle_signals = handle_signals
     app.include_router(landmarks.router)
     app.include_router(ops.router)
+    _install_docs(app)
     _install_handlers(app)
     app.add_middleware(RequestContext, metrics=metrics)
     return app

@@ -1,4 +1,5 @@
 import json
+import re
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -214,3 +215,18 @@ def test_openapi_documents_every_error(client):
 
 def test_unknown_route_is_json_404(client):
     assert_error(client.get("/nope"), 404, "not_found")
+
+
+def test_docs_page_and_its_assets_are_served_locally(client):
+    page = client.get("/docs")
+    assert page.status_code == 200
+    html = page.text
+    assert "/docs/assets/swagger-ui-bundle.js" in html
+    assert "/openapi.json" in html
+    hosts = re.findall(r"(?:src|href)=[\"']?(https?://[^\"' >]+)", html) + re.findall(
+        r"url\(['\"]?(https?://[^)'\"]+)", html
+    )
+    assert hosts == [], hosts  # no CDN, no external favicon: works air-gapped
+    for asset in ("swagger-ui-bundle.js", "swagger-ui.css", "favicon-32x32.png"):
+        assert client.get(f"/docs/assets/{asset}").status_code == 200
+    assert client.get("/redoc").status_code == 404
