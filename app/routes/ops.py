@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from fastapi import APIRouter, Request, Response
+from fastapi.responses import HTMLResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from app.deps import MetricsDep, ServiceDep
@@ -11,7 +14,17 @@ from app.schemas import ErrorResponse, Health, ModelCard
 
 router = APIRouter(tags=["operations"])
 
-LICENCE = "weights trained on AFLW2000-3D: research and non-commercial use only (see README); code: MIT"
+LICENCE = (
+    "weights trained on AFLW2000-3D and 300-W (HELEN, AFW): research and non-commercial use only (see README); "
+    "code: MIT"
+)
+DEMO_PAGE = Path(__file__).resolve().parents[1] / "static" / "demo.html"
+
+
+@router.get("/", include_in_schema=False)
+async def demo() -> HTMLResponse:
+    """A page to try the service: drop a photo, see every face's landmarks drawn, coloured by confidence."""
+    return HTMLResponse(DEMO_PAGE.read_text(encoding="utf-8"))
 
 
 @router.get("/health/live", response_model=Health, summary="the process is up")

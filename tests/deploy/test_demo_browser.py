@@ -1,0 +1,79 @@
+"""The demo page at / in a real headless browser (Debian's chromium + chromedriver, driven by Selenium): upload
+the bundled portrait, wait for the drawing, and check that landmark pixels were drawn on the face."""
+
+from __future__ import annotations
+
+import base64
+import io
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from benchmarks.server import ROOT, running_server
+from model.checkpoint import SHIPPED_CHECKPOINT
+
+PORTRAIT = ROOT / "tests" / "data" / "astronaut.jpg"
+
+webdriver = pytest.importorskip("selenium.webdriver", reason="selenium not installed (pip install -e .[dev])")
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+DRIVER = shutil.which("chromedriver")
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        not (CHROMIUM and DRIVER),
+        reason="chromium/chromedriver not installed (apt-get install chromium chromium-driver)",
+    ),
+]
+
+
+def landmark_pixels(rgb: np.ndarray, box: tuple[int, int, int, int]) -> int:
+    """Pixels in ``box`` of the drawing's colours: saturated red/yellow/green with no blue (the points)."""
+    x1, y1, x2, y2 = box
+    region = rgb[y1:y2, x1:x2].astype(int)
+    return int(((region[..., 2] < 40) & (np.maximum(region[..., 0], region[..., 1]) > 180)).sum())
+
+
+def test_upload_the_portrait_and_see_its_landmarks(tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1280,900"):
+        options.add_argument(flag)
+    with running_server(SHIPPED_CHECKPOINT, tmp_path / "server.log") as (base, _):
+        driver = webdriver.Chrome(service=webdriver.ChromeService(executable_path=DRIVER), options=options)
+        try:
+            driver.get(f"{base}/")
+            assert "dsc-landmarks" in driver.title
+            upload = driver.find_element(By.ID, "file")
+            driver.execute_script("arguments[0].hidden = false", upload)
+            upload.send_keys(str(PORTRAIT))
+            WebDriverWait(driver, 60).until(
+                lambda d: (
+                    d.execute_script("return document.getElementById('canvas').dataset.faces")
+                    or "error" in d.find_element(By.ID, "status").get_attribute("class")
+                )
+            )
+            status = driver.find_element(By.ID, "status").text
+            assert driver.execute_script("return document.getElementById('canvas').dataset.faces") == "1", status
+            assert "1 face(s)" in status
+            rows = driver.find_elements(By.CSS_SELECTOR, "#faces tbody tr")
+            assert len(rows) == 1
+            assert driver.find_elements(By.CSS_SELECTOR, "#timings tbody tr")  # timings shown
+            data_url = driver.execute_script("return document.getElementById('canvas').toDataURL('image/png')")
+            driver.save_screenshot(str(tmp_path / "demo.png"))
+        finally:
+            driver.quit()
+    drawn = np.asarray(Image.open(io.BytesIO(base64.b64decode(data_url.split(",", 1)[1]))).convert("RGB"))
+    original = np.asarray(Image.open(PORTRAIT).convert("RGB"))
+    assert drawn.shape == original.shape
+    face = (150, 60, 300, 200)  # the face in the 512 x 512 portrait
+    assert landmark_pixels(drawn, face) > 300  # 68 points of a few pixels each
+    assert landmark_pixels(original, face) < 30
+    assert (tmp_path / "demo.png").stat().st_size > 10_000
+    Path(ROOT / "runs").mkdir(exist_ok=True)
+    shutil.copy(tmp_path / "demo.png", ROOT / "runs" / "demo_screenshot.png")  # to look at (runs/ is ignored)
