@@ -63,8 +63,10 @@ class PixelBudget:
 
 
 def _orient(image: Image.Image) -> Image.Image:
-    """Apply the EXIF orientation; a malformed EXIF block leaves the image as stored."""
+    """Apply the EXIF orientation (no copy when there is none); a malformed EXIF block leaves the image as stored."""
     try:
+        if image.getexif().get(ORIENTATION, 1) in (1, None):
+            return image
         return ImageOps.exif_transpose(image)
     except Exception:  # noqa: BLE001 - Pillow raises many types on malformed EXIF; the pixels are still good
         log.info("ignoring a malformed EXIF block")
@@ -82,7 +84,7 @@ def _to_rgb8(image: Image.Image) -> NDArray[np.uint8]:
             grey = (values - lo) * (255.0 / (hi - lo)) if hi > lo else np.zeros_like(values)
         grey8 = np.clip(np.nan_to_num(grey).round(), 0, 255).astype(np.uint8)
         return np.ascontiguousarray(np.repeat(grey8[:, :, None], 3, axis=2))
-    return np.asarray(image.convert("RGB"), dtype=np.uint8)
+    return np.asarray(image if image.mode == "RGB" else image.convert("RGB"), dtype=np.uint8)
 
 
 def decode_image(data: bytes, max_pixels: int, reserve: Callable[[int], None] | None = None) -> NDArray[np.uint8]:

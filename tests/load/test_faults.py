@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import signal
 import socket
@@ -18,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from benchmarks.server import ROOT, free_port, http_status, running_server
 from model.checkpoint import save_checkpoint
@@ -328,3 +330,60 @@ def test_connection_guards_time_out_slow_heads_cap_header_size_and_answer_json(t
             assert reply.startswith(b"HTTP/1.1 200")
             time.sleep(1.2)  # longer than the head timeout between requests: the timer starts per request
         assert http_status(f"{base}/health/ready") == 200
+
+
+def peak_rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmHWM")
+
+
+def test_decoded_pixel_budget_bounds_memory_under_a_burst_of_huge_images(tiny_checkpoint, tmp_path):
+    """Eight 36-megapixel JPEGs (560 KB each) at once: only two may be decoded at a time, the rest get 503."""
+    buffer = io.BytesIO()
+    Image.fromarray(np.full((6000, 6000, 3), 128, np.uint8)).save(buffer, format="JPEG", quality=10)
+    huge = buffer.getvalue()
+    budget = {"max_pixels_in_flight": str(2 * 6000 * 6000), "max_image_pixels": str(6000 * 6000)}
+    with running_server(tiny_checkpoint, tmp_path / "server.log", **budget) as (base, proc):
+        before = rss_mb(proc.pid)
+        results: list[int | str] = []
+        threads = [
+            threading.Thread(target=lambda: results.append(post_image_bytes(base, huge, "[[100, 100, 900, 900]]")))
+            for _ in range(8)
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=120)
+        peak = peak_rss_mb(proc.pid)
+        assert sorted(set(results)) == [200, 503], results
+        assert metric(base, 'landmarks_rejected_requests_total{reason="busy"}') == results.count(503)
+        # One 36 MP request holds about 0.3 GB (the decoder's image, the RGB array, the crop's source); two at
+        # once stay well under what eight would take (about 2.5 GB).
+        assert peak - before < 1000, (before, peak)
+        assert http_status(f"{base}/health/ready") == 200
+
+
+def post_image_bytes(base: str, data: bytes, boxes: str) -> int | str:
+    boundary = "budgetboundary3"
+    body = (
+        (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="a.jpg"\r\n'
+            f"Content-Type: image/jpeg\r\n\r\n"
+        ).encode()
+        + data
+        + (
+            f'\r\n--{boundary}\r\nContent-Disposition: form-data; name="boxes"\r\n\r\n{boxes}\r\n--{boundary}--\r\n'
+        ).encode()
+    )
+    request = urllib.request.Request(
+        f"{base}/landmarks", data=body, headers={"Content-Type": f"multipart/form-data; boundary={boundary}"}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=120) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as exc:
+        return exc.code
+    except (urllib.error.URLError, OSError) as exc:
+        return f"connection error: {exc}"
