@@ -6,6 +6,7 @@ import json
 import re
 import shutil
 import subprocess
+import tomllib
 
 import pytest
 import yaml
@@ -100,3 +101,34 @@ def test_dashboard_has_the_panels_operators_need():
         assert needle in text
     datasource = yaml.safe_load((DOCKER / "grafana" / "provisioning" / "datasources" / "prometheus.yml").read_text())
     assert datasource["datasources"][0]["url"] == "http://prometheus:9090"
+
+
+def _norm(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def test_constraints_pin_every_dependency_and_match_this_environment():
+    """constraints.txt is the lock that CI, the README install and the image share: it pins every package the
+    project asks for, and this environment (installed through it) has exactly those versions."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    pins = {}
+    for line in (ROOT / "constraints.txt").read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line:
+            name, _, pinned = line.partition("==")
+            pins[_norm(name)] = pinned
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    wanted = list(project["dependencies"]) + [d for extra in project["optional-dependencies"].values() for d in extra]
+    names = {_norm(re.split(r"[\[<>=!~; ]", d, maxsplit=1)[0]) for d in wanted} - {"torch", "dsc-landmarks"}
+    assert sorted(names - set(pins)) == []
+    mismatched = []
+    for name, pinned in sorted(pins.items()):
+        try:
+            installed = version(name)
+        except PackageNotFoundError:
+            mismatched.append(f"{name}: pinned {pinned}, not installed")
+            continue
+        if installed != pinned:
+            mismatched.append(f"{name}: pinned {pinned}, installed {installed}")
+    assert mismatched == []
