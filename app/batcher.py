@@ -21,7 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
-from app.errors import ServiceError, unavailable
+from app.errors import ServiceError, draining, not_ready, unavailable
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -106,9 +106,9 @@ class Batcher(Generic[T, R]):
     async def submit(self, items: Sequence[T], deadline: float) -> list[tuple[R, BatchInfo]]:
         """Queue one request's items; wait for all results until ``deadline`` (``loop.time()`` clock)."""
         if self._closing:
-            raise unavailable("draining", "the server is shutting down", retry_after_s=5)
+            raise draining()
         if self._task is None:
-            raise unavailable("not_ready", "the model is not ready")
+            raise not_ready()
         if len(self._pending) + len(items) > self.queue_size:
             raise unavailable("queue_full", f"{len(self._pending)} faces are already waiting; try again shortly")
         loop = asyncio.get_running_loop()
@@ -189,7 +189,7 @@ class Batcher(Generic[T, R]):
             self._task = None
         for e in self._pending:
             if not e.future.done():
-                e.future.set_exception(unavailable("draining", "the server shut down before this face ran"))
+                e.future.set_exception(draining("the server shut down before this face ran"))
         self._pending.clear()
         self._executor.shutdown(wait=True)
         return finished

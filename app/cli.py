@@ -14,16 +14,13 @@ import logging
 import sys
 from pathlib import Path
 
-import numpy as np
-
 from app.errors import ServiceError
-from app.imaging import encode_png
+from app.forms import parse_boxes, parse_max_faces
 from app.metrics import Metrics
-from app.routes.landmarks import parse_boxes, parse_max_faces, to_response
+from app.responses import render_png, to_response
 from app.service import load_service
 from app.settings import Settings
 from model.checkpoint import CheckpointError
-from model.render import draw_landmarks
 
 
 async def _predict(settings: Settings, data: bytes, boxes: str | None, max_faces: str | None) -> tuple[str, bytes]:
@@ -35,10 +32,7 @@ async def _predict(settings: Settings, data: bytes, boxes: str | None, max_faces
         prediction = await service.predict(data, parse_boxes(boxes, limit), limit, deadline)
     finally:
         await service.stop()
-    image = prediction.image
-    for face in prediction.faces:
-        image = draw_landmarks(image, face.points, face.confidence, box=np.asarray(face.box))
-    return to_response(prediction, service).model_dump_json(indent=2), encode_png(image)
+    return to_response(prediction, service.predictor.engine).model_dump_json(indent=2), render_png(prediction)
 
 
 def main(argv: list[str] | None = None) -> int:

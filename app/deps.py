@@ -6,7 +6,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
-from app.errors import unavailable
+from app.errors import not_ready
 from app.metrics import Metrics
 from app.service import LandmarkService
 from app.settings import Settings
@@ -25,7 +25,7 @@ def get_metrics(request: Request) -> Metrics:
 def get_service(request: Request) -> LandmarkService:
     service: LandmarkService | None = getattr(request.app.state, "service", None)
     if service is None:
-        raise unavailable("not_ready", "the model is not loaded yet")
+        raise not_ready()
     return service
 
 

@@ -23,3 +23,13 @@ class ServiceError(Exception):
 def unavailable(code: str, detail: str, retry_after_s: int = 1) -> ServiceError:
     """503 with Retry-After: queue full, model not ready, draining."""
     return ServiceError(503, code, detail, {"Retry-After": str(retry_after_s)})
+
+
+def not_ready(detail: str = "the model is loading or warming up") -> ServiceError:
+    """503 while the service is starting (loading or warming up the model)."""
+    return unavailable("not_ready", detail)
+
+
+def draining(detail: str = "the server is shutting down") -> ServiceError:
+    """503 once SIGTERM has arrived: accepted requests finish, new ones go elsewhere."""
+    return unavailable("draining", detail, retry_after_s=5)

@@ -1,4 +1,5 @@
-"""Read a multipart/form-data body into memory under a byte limit (413 before the whole body is read).
+"""The request form: the multipart body read into memory under a byte limit (413 before the whole body is read),
+and the one parser of each text field (``boxes``, ``max_faces``), every failure a 400.
 
 Starlette's form parser spools file parts over 1 MB to a temporary file; image bytes must never touch the disk,
 so the body is read here with a hard cap and parsed in memory with python-multipart.
@@ -6,6 +7,8 @@ so the body is read here with a hard cap and parsed in memory with python-multip
 
 from __future__ import annotations
 
+import json
+import math
 from dataclasses import dataclass, field
 
 from python_multipart.exceptions import MultipartParseError
@@ -13,6 +16,7 @@ from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import ClientDisconnect, Request
 
 from app.errors import ServiceError
+from model.geometry import Box
 
 MAX_PARTS = 16
 
@@ -104,3 +108,56 @@ def parse_multipart(body: bytes, content_type: str) -> dict[str, Part]:
     for part in parts:
         out.setdefault(part.name, part)
     return out
+
+
+MAX_BOXES_TEXT = 16_384  # characters: 100 boxes of four long numbers fit many times over
+MAX_COORDINATE = 1e6  # pixels; farther is no face of any photo under the pixel limit
+
+
+def _no_constant(name: str) -> float:
+    raise ValueError(f"{name} is not a number")
+
+
+def parse_boxes(raw: str | None, max_faces: int) -> list[Box] | None:
+    """The one parser of `boxes`: bounded in length, nesting (through length) and magnitude; every failure is 400."""
+    if raw is None or raw.strip() == "":
+        return None
+    if len(raw) > MAX_BOXES_TEXT:
+        raise ServiceError(400, "invalid_boxes", f"`boxes` is longer than {MAX_BOXES_TEXT} characters")
+    try:  # integers parse as floats (no huge-int arithmetic); NaN and Infinity are refused
+        value = json.loads(raw, parse_int=float, parse_constant=_no_constant)
+    except json.JSONDecodeError as exc:
+        raise ServiceError(400, "invalid_boxes", f"`boxes` is not valid JSON: {exc.msg}") from None
+    except (ValueError, RecursionError) as exc:
+        detail = str(exc) if isinstance(exc, ValueError) else "nested too deeply"
+        raise ServiceError(400, "invalid_boxes", f"`boxes` is not valid JSON: {detail}") from None
+    if not isinstance(value, list) or not all(
+        isinstance(b, list) and len(b) == 4 and all(isinstance(v, float) for v in b) for b in value
+    ):
+        raise ServiceError(400, "invalid_boxes", "`boxes` must be a JSON array of [x1, y1, x2, y2] number arrays")
+    if len(value) > max_faces:
+        raise ServiceError(400, "invalid_boxes", f"{len(value)} boxes given; max_faces is {max_faces}")
+    if not all(math.isfinite(v) and abs(v) <= MAX_COORDINATE for b in value for v in b):
+        raise ServiceError(
+            400, "invalid_boxes", f"box coordinates must be finite numbers within ±{MAX_COORDINATE:.0f} pixels"
+        )
+    return [(b[0], b[1], b[2], b[3]) for b in value]
+
+
+def parse_max_faces(raw: str | None, limit: int) -> int:
+    if raw is None or raw.strip() == "":
+        return limit
+    try:
+        value = int(raw.strip())
+    except ValueError:
+        raise ServiceError(400, "invalid_max_faces", "`max_faces` must be an integer") from None
+    if not 1 <= value <= limit:
+        raise ServiceError(400, "invalid_max_faces", f"`max_faces` must be between 1 and {limit}")
+    return value
+
+
+def text_field(part_data: bytearray, field: str) -> str:
+    try:
+        return part_data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ServiceError(400, f"invalid_{field}", f"`{field}` is not UTF-8 text") from None

@@ -14,7 +14,7 @@ import time
 from collections.abc import AsyncIterator
 from typing import Literal
 
-from app.errors import ServiceError, unavailable
+from app.errors import ServiceError, draining, not_ready
 
 State = Literal["starting", "ready", "draining", "closed"]
 
@@ -36,9 +36,7 @@ class Lifecycle:
 
     def refusal(self) -> ServiceError:
         """The 503 for a request that arrives while the service is not ready."""
-        if self.draining:
-            return unavailable("draining", "the server is shutting down", retry_after_s=5)
-        return unavailable("not_ready", "the model is loading or warming up")
+        return draining() if self.draining else not_ready()
 
     def check_ready(self) -> None:
         if not self.ready:

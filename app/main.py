@@ -110,8 +110,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     service = await load_service(settings, metrics)
     engine = service.predictor.engine
     metrics.model_info.labels(
-        str(engine.metadata.get("name", "dsc-landmarks")),
-        str(engine.metadata.get("version", "unknown")),
+        engine.name,
+        engine.version,
         engine.config.name,
         str(engine.device),
         engine.precision,

@@ -21,11 +21,10 @@ from app.metrics import Metrics
 from app.predictor import CropJob, FaceResult, Predictor
 from app.settings import Settings
 from model.detector import Detection, YuNetDetector
+from model.geometry import Box
 from model.pipeline import Framing, face_crop, refine
 
 T = TypeVar("T")
-
-Box = tuple[float, float, float, float]
 
 
 @dataclass

@@ -22,10 +22,10 @@ import cv2
 import numpy as np
 from numpy.typing import NDArray
 
+from model.geometry import Box
+
 YUNET_PATH = Path(__file__).resolve().parent / "weights" / "yunet" / "face_detection_yunet_2023mar.onnx"
 YUNET_SHA256 = "8f2383e4dd3cfbb4553ea8718107fc0423210dc964f9f4280604804ed2552fa4"
-
-Box = tuple[float, float, float, float]
 
 
 class DetectorError(RuntimeError):

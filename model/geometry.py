@@ -28,6 +28,7 @@ from torch import Tensor
 DEFAULT_MARGIN = 0.25
 
 FloatArray = NDArray[np.float64]
+Box = tuple[float, float, float, float]  # x1, y1, x2, y2 in image pixels
 
 
 def box_from_points(points: NDArray[np.floating]) -> FloatArray:

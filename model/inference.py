@@ -150,6 +150,15 @@ class InferenceModel:
     def graphed(self) -> bool:
         return self._graphs is not None
 
+    @property
+    def name(self) -> str:
+        """The served model's name and version, from the checkpoint's metadata (one place for the defaults)."""
+        return str(self.metadata.get("name", "dsc-landmarks"))
+
+    @property
+    def version(self) -> str:
+        return str(self.metadata.get("version", "unknown"))
+
     def _autocast(self) -> contextlib.AbstractContextManager[Any]:
         if self.precision == "fp32":
             return contextlib.nullcontext()

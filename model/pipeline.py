@@ -17,10 +17,8 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import NDArray
 
-from model.geometry import crop_matrix, invert, warp
+from model.geometry import Box, crop_matrix, invert, warp
 from model.landmarks import LEFT_EYE, RIGHT_EYE
-
-Box = tuple[float, float, float, float]
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ from fastapi.responses import HTMLResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from app.deps import MetricsDep, ServiceDep
-from app.errors import unavailable
+from app.errors import not_ready
 from app.schemas import ErrorResponse, Health, ModelCard
 
 router = APIRouter(tags=["operations"])
@@ -41,7 +41,7 @@ async def live() -> Health:
 async def ready(request: Request) -> Health:
     service = getattr(request.app.state, "service", None)
     if service is None:
-        raise unavailable("not_ready", "the model is loading or warming up")
+        raise not_ready()
     service.lifecycle.check_ready()
     return Health(status="ready")
 
@@ -56,8 +56,8 @@ async def model_card(service: ServiceDep) -> ModelCard:
     engine = service.predictor.engine
     meta = engine.metadata
     return ModelCard(
-        name=str(meta.get("name", "dsc-landmarks")),
-        version=str(meta.get("version", "unknown")),
+        name=engine.name,
+        version=engine.version,
         preset=engine.config.name,
         input_size=engine.config.input_size,
         heatmap_size=engine.config.heatmap_size,

@@ -15,8 +15,8 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from app.errors import ServiceError
+from app.forms import MAX_BOXES_TEXT, parse_boxes
 from app.imaging import PixelBudget, decode_image
-from app.routes.landmarks import MAX_BOXES_TEXT, parse_boxes
 from benchmarks.server import ROOT
 from model.render import draw_landmarks
 from tests.app.conftest import open_client, png_bytes

@@ -1,0 +1,43 @@
+"""What a prediction becomes for the client: the JSON response and the annotated picture (routes and CLI)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from app.imaging import encode_png
+from app.schemas import Face, ImageInfo, LandmarksResponse, ModelInfo
+from app.service import Prediction
+from model.inference import InferenceModel
+from model.render import draw_landmarks
+
+
+def to_response(prediction: Prediction, engine: InferenceModel) -> LandmarksResponse:
+    faces = [
+        Face(
+            box=[round(float(v), 3) for v in f.box],
+            detection_score=None if f.detection_score is None else round(f.detection_score, 4),
+            landmarks=np.round(f.points, 3).tolist(),
+            confidence=np.round(f.confidence, 4).tolist(),
+            score=round(float(np.mean(f.confidence)), 4),
+        )
+        for f in prediction.faces
+    ]
+    height, width = prediction.image.shape[:2]
+    return LandmarksResponse(
+        image=ImageInfo(width=width, height=height),
+        faces=faces,
+        model=ModelInfo(
+            name=engine.name,
+            version=engine.version,
+            device=str(engine.device),
+        ),
+        timings_ms=prediction.timings_ms,
+    )
+
+
+def render_png(prediction: Prediction) -> bytes:
+    """The image with every face's landmarks drawn, coloured by confidence, as PNG bytes."""
+    image = prediction.image
+    for face in prediction.faces:
+        image = draw_landmarks(image, face.points, face.confidence, box=np.asarray(face.box))
+    return encode_png(image)
