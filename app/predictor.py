@@ -10,6 +10,7 @@ from numpy.typing import NDArray
 
 from model.checkpoint import load_for_inference
 from model.inference import InferenceModel, Precision, bucket_sizes, cpu_supports_bf16, resolve_device
+from model.network import StandInNet
 
 
 @dataclass(frozen=True)
@@ -52,7 +53,10 @@ class Predictor:
         flip_test: bool = False,
         cuda_graphs: bool = True,
         max_batch_size: int = 64,
+        stand_in: bool = False,
     ) -> Predictor:
+        """The checkpoint on its device; ``stand_in`` swaps the network for :class:`model.network.StandInNet`
+        (front-end benchmarks: everything else is the service as it runs)."""
         dev = resolve_device(device)
         engine = load_for_inference(
             checkpoint,
@@ -62,6 +66,8 @@ class Predictor:
             cuda_graphs=cuda_graphs,
             max_batch_size=max_batch_size,
         )
+        if stand_in:
+            engine.net = StandInNet(engine.config).to(dev)  # type: ignore[assignment]
         return cls(engine)
 
     @property

@@ -182,6 +182,7 @@ async def load_service(settings: Settings, metrics: Metrics) -> LandmarkService:
         settings.flip_test,
         settings.cuda_graphs,
         settings.max_batch_size,
+        settings.network_stand_in,
     )
     predictor = await asyncio.get_running_loop().run_in_executor(worker, load)
     return LandmarkService(settings, predictor, build_detector(settings), metrics, worker)

@@ -61,6 +61,11 @@ class Settings(BaseSettings):
     max_header_bytes: int = Field(16_384, ge=1024, le=1_048_576, description="request line + headers, else 431")
     max_headers: int = Field(100, ge=10, le=10_000, description="header fields per request, else 431")
     keep_alive_s: int = Field(5, ge=1, le=600, description="idle seconds before a kept-alive connection closes")
+    network_stand_in: bool = Field(
+        False,
+        description="benchmarks only: replace the network by a zero-cost stand-in to measure the front end; "
+        "answers are meaningless",
+    )
     warmup_batches: int = Field(2, ge=0, le=100, description="forwards before /health/ready turns 200")
     drain_timeout_s: float = Field(20.0, ge=0, le=600, description="on SIGTERM, time to finish queued work")
 

@@ -230,3 +230,13 @@ def test_docs_page_and_its_assets_are_served_locally(client):
     for asset in ("swagger-ui-bundle.js", "swagger-ui.css", "favicon-32x32.png"):
         assert client.get(f"/docs/assets/{asset}").status_code == 200
     assert client.get("/redoc").status_code == 404
+
+
+def test_network_stand_in_keeps_the_response_shape_for_front_end_benchmarks(tiny_checkpoint, face_png):
+    with open_client(tiny_checkpoint, network_stand_in=True) as client:
+        assert type(client.app.state.service.predictor.engine.net).__name__ == "StandInNet"
+        response = post(client, face_png[0], boxes=json.dumps([BOX]))
+    assert response.status_code == 200
+    face = response.json()["faces"][0]
+    assert len(face["landmarks"]) == 68
+    assert len({tuple(p) for p in face["landmarks"]}) == 1  # every point at the stand-in's one peak
