@@ -98,7 +98,7 @@ def confidence_rows(cal: dict[str, Any]) -> list[str]:
     ]
 
 
-def card(weights: Path, run_notes: str = "") -> str:
+def card(weights: Path, run_notes: str = "", version: str | None = None) -> str:
     cal = json.loads((weights / "calibration.json").read_text())
     log = [json.loads(line) for line in (weights / "log.jsonl").read_text().splitlines()]
     best = min(log, key=lambda r: r.get("val_select", float("inf")))
@@ -178,7 +178,7 @@ on the data it was fitted on.
 .venv/bin/python -m training.train --config training/configs/aflw2000_cpu.yaml      # the AFLW2000-3D model
 .venv/bin/python -m training.train --config training/configs/multi_cpu.yaml         # fine-tune on both sets
 .venv/bin/python -m training.train --config training/configs/multi_cpu_anneal.yaml  # low-lr anneal
-.venv/bin/python -m training.ship --run runs/multi_cpu_anneal                       # this folder
+.venv/bin/python -m training.ship --run runs/multi_cpu_anneal{f" --version {version}" if version else ""}  # this folder
 ```
 
 Deviations from the paper's recipe (`training/configs/paper_300wlp.yaml` keeps the paper's), and why:
@@ -252,7 +252,7 @@ def main(args: argparse.Namespace) -> None:
     for path in (args.run / "config.yaml", *sorted(args.run.glob("log*.jsonl"))):  # earlier stages' logs too
         shutil.copy(path, w / path.name)
     notes = args.run / "NOTES.md"
-    (w / "README.md").write_text(card(w, notes.read_text() if notes.is_file() else ""))
+    (w / "README.md").write_text(card(w, notes.read_text() if notes.is_file() else "", args.version))
     print(f"wrote {w}")
 
 
