@@ -88,7 +88,15 @@ class CudaGraphs:
         self.pool: Any = None
         self.graphs: dict[int, tuple[torch.cuda.CUDAGraph, Tensor, Heads]] = {}
 
+    def _on_device(self) -> contextlib.AbstractContextManager[Any]:
+        """Capture and replay use the current device's streams: make it this runner's (``cuda:N``)."""
+        return torch.cuda.device(self.device) if self.device.type == "cuda" else contextlib.nullcontext()
+
     def _capture(self, size: int) -> tuple[torch.cuda.CUDAGraph, Tensor, Heads]:
+        with self._on_device():
+            return self._capture_on_device(size)
+
+    def _capture_on_device(self, size: int) -> tuple[torch.cuda.CUDAGraph, Tensor, Heads]:
         static = torch.zeros((size, *self.crop_shape), dtype=torch.uint8, device=self.device)
         side = torch.cuda.Stream(self.device)
         side.wait_stream(torch.cuda.current_stream(self.device))
@@ -117,7 +125,8 @@ class CudaGraphs:
             self.graphs[size] = self._capture(size)
         graph, static, outputs = self.graphs[size]
         static[:n].copy_(crops)
-        graph.replay()
+        with self._on_device():
+            graph.replay()
         return tuple(o[:n].clone() for o in outputs)  # type: ignore[return-value]
 
 
