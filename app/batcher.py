@@ -64,6 +64,7 @@ class Batcher(Generic[T, R]):
         queue_size: int,
         on_batch: BatchHook | None = None,
         worker: ThreadPoolExecutor | None = None,
+        on_depth: Callable[[int], None] | None = None,
     ) -> None:
         if max_batch_size < 1:
             raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
@@ -76,6 +77,7 @@ class Batcher(Generic[T, R]):
         self.max_wait_s = max_wait_s
         self.queue_size = queue_size
         self._on_batch = on_batch
+        self._on_depth = on_depth
         self._pending: collections.deque[_Entry[T, R]] = collections.deque()
         self._wakeup = asyncio.Event()
         # The thread that owns the device. Pass the one the model was loaded on: torch ops issued from a second
@@ -115,6 +117,7 @@ class Batcher(Generic[T, R]):
         now = time.perf_counter()
         entries = [_Entry[T, R](item, loop.create_future(), now) for item in items]
         self._pending.extend(entries)
+        self._report_depth()
         self._wakeup.set()
         futures = [e.future for e in entries]
         try:
@@ -144,7 +147,12 @@ class Batcher(Generic[T, R]):
             entry = self._pending.popleft()
             if not entry.future.done():  # cancelled: its request timed out or went away
                 batch.append(entry)
+        self._report_depth()
         return batch
+
+    def _report_depth(self) -> None:
+        if self._on_depth is not None:
+            self._on_depth(len(self._pending))
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -191,6 +199,7 @@ class Batcher(Generic[T, R]):
             if not e.future.done():
                 e.future.set_exception(draining("the server shut down before this face ran"))
         self._pending.clear()
+        self._report_depth()
         self._executor.shutdown(wait=True)
         return finished
 

@@ -9,8 +9,9 @@ its protocol with:
 * a cap on the head's bytes (request line + headers) and on the number of headers: ``431 headers_too_large``;
 * protocol errors (malformed HTTP) answered in the service's JSON error shape instead of uvicorn's plain text.
 
-``dsc-landmarks-serve`` (:func:`app.main.run`) uses it with the ``LANDMARKS_HEADER_*`` settings; with the
-``uvicorn`` command, pass ``--http app.http:GuardedHttpToolsProtocol`` for the defaults.
+``dsc-landmarks-serve`` (:func:`app.main.run`) uses it; with the ``uvicorn`` command pass
+``--http app.http:GuardedHttpToolsProtocol``. The limits come from the ``LANDMARKS_HEADER_*`` settings through
+the app's lifespan state (``head_limits``), so every worker process has them; without it, the defaults.
 """
 
 from __future__ import annotations
@@ -31,12 +32,12 @@ class HeadLimits:
 
 
 class GuardedHttpToolsProtocol(HttpToolsProtocol):
-    """uvicorn's httptools protocol with the guards above (limits from the class attribute ``limits``)."""
-
-    limits = HeadLimits()
+    """uvicorn's httptools protocol with the guards above."""
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
+        limits = self.app_state.get("head_limits")
+        self.limits = limits if isinstance(limits, HeadLimits) else HeadLimits()
         self._head_timer: asyncio.TimerHandle | None = None
         self._start_head()
 
@@ -117,8 +118,3 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         )
         self.transport.write(head.encode() + body)
         self.transport.close()
-
-
-def guarded_protocol(limits: HeadLimits) -> type[GuardedHttpToolsProtocol]:
-    """The guarded protocol with these limits (a subclass, so several servers can differ)."""
-    return type("GuardedHttpToolsProtocol", (GuardedHttpToolsProtocol,), {"limits": limits})

@@ -10,9 +10,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import sys
+import tempfile
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -26,6 +29,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from swagger_ui_bundle import swagger_ui_path
 
 from app.errors import ServiceError
+from app.http import HeadLimits
 from app.metrics import Metrics
 from app.middleware import RequestContext
 from app.routes import landmarks, ops
@@ -100,7 +104,7 @@ def _watch_sigterm(app: FastAPI, service: LandmarkService) -> None:
 
 
 @contextlib.asynccontextmanager
-async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
     settings: Settings = app.state.settings
     metrics: Metrics = app.state.metrics
     log.info("settings: %s", settings.model_dump_json())
@@ -122,12 +126,14 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     if app.state.handle_signals:
         _watch_sigterm(app, service)
     try:
-        yield
+        limits = HeadLimits(settings.header_timeout_s, settings.max_header_bytes, settings.max_headers)
+        yield {"head_limits": limits}  # lifespan state: the connection guards of every worker read it
     finally:
         if not warmup.done():
             warmup.cancel()
         if not service.draining:
             await service.stop()
+        metrics.process_exited(os.getpid())
 
 
 def _install_docs(app: FastAPI) -> None:
@@ -166,7 +172,8 @@ def startup_problem(settings: Settings) -> str | None:
 
 def create_app(settings: Settings | None = None, handle_signals: bool = True) -> FastAPI:
     """Build the service. Without ``settings`` they are read from ``LANDMARKS_*`` (a bad value exits with a message)."""
-    if settings is None:
+    if settings is None:  # the server's path (uvicorn, or each worker process of dsc-landmarks-serve)
+        _configure_logging()
         try:
             settings = Settings()
         except ValidationError as exc:
@@ -180,7 +187,7 @@ def create_app(settings: Settings | None = None, handle_signals: bool = True) ->
         problem = startup_problem(settings)
         if problem:
             sys.exit(f"cannot start: {problem}")
-    metrics = Metrics()
+    metrics = Metrics(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
     app = FastAPI(
         title="dsc-landmarks",
         version="0.1.0",
@@ -215,12 +222,13 @@ def __getattr__(name: str) -> Any:
 
 def run(argv: list[str] | None = None) -> None:
     """Console script: ``dsc-landmarks-serve [--host H] [--port P]`` — uvicorn with the connection guards of
-    :mod:`app.http` and the ``LANDMARKS_HEADER_*`` / ``LANDMARKS_KEEP_ALIVE_S`` settings."""
+    :mod:`app.http`, and ``LANDMARKS_WORKERS`` processes (each with its model copy and batcher; metrics in
+    prometheus_client's multi-process mode, summed over the workers)."""
     import argparse
 
     import uvicorn
 
-    from app.http import HeadLimits, guarded_protocol
+    from app.http import GuardedHttpToolsProtocol
 
     parser = argparse.ArgumentParser(description="serve the landmark API")
     parser.add_argument("--host", default="0.0.0.0")
@@ -228,17 +236,23 @@ def run(argv: list[str] | None = None) -> None:
     parser.add_argument("--timeout-graceful-shutdown", type=float, default=30.0, help="after the drain, seconds")
     args = parser.parse_args(argv)
     _configure_logging()
-    app = create_app()
+    app = create_app()  # validates the settings and checks the checkpoint before any worker starts
     settings: Settings = app.state.settings
-    limits = HeadLimits(settings.header_timeout_s, settings.max_header_bytes, settings.max_headers)
-    uvicorn.run(
-        app,
-        host=args.host,
-        port=args.port,
-        http=guarded_protocol(limits),
-        timeout_keep_alive=settings.keep_alive_s,
-        timeout_graceful_shutdown=args.timeout_graceful_shutdown,
-    )
+    common: dict[str, Any] = {
+        "host": args.host,
+        "port": args.port,
+        "http": GuardedHttpToolsProtocol,
+        "timeout_keep_alive": settings.keep_alive_s,
+        "timeout_graceful_shutdown": args.timeout_graceful_shutdown,
+    }
+    if settings.workers == 1:
+        uvicorn.run(app, **common)
+        return
+    folder = Path(os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="dsc-landmarks-metrics-")))
+    folder.mkdir(parents=True, exist_ok=True)
+    for stale in folder.glob("*.db"):  # values of an earlier run would be summed in
+        stale.unlink()
+    uvicorn.run("app.main:create_app", factory=True, workers=settings.workers, **common)
 
 
 if __name__ == "__main__":

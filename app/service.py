@@ -67,8 +67,8 @@ class LandmarkService:
             settings.queue_size,
             on_batch=metrics.observe_batch,
             worker=worker,
+            on_depth=metrics.queue_depth.set,
         )
-        metrics.track_queue(lambda: self.batcher.depth)
         self._pool = ThreadPoolExecutor(settings.preprocess_threads, thread_name_prefix="preprocess")
         self.lifecycle = Lifecycle()
         self.pixels = PixelBudget(settings.max_pixels_in_flight)

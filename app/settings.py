@@ -55,6 +55,9 @@ class Settings(BaseSettings):
     cuda_graphs: bool = Field(
         True, description="on CUDA, replay one captured CUDA graph per power-of-two batch size (ignored on CPU)"
     )
+    workers: int = Field(
+        1, ge=1, le=64, description="server processes, each with its model copy and batcher (dsc-landmarks-serve)"
+    )
     header_timeout_s: float = Field(
         10.0, gt=0, le=600, description="time for a request's line and headers to arrive before 408 and close"
     )

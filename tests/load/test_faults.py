@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
+import os
 import signal
 import socket
 import subprocess
@@ -387,3 +388,33 @@ def post_image_bytes(base: str, data: bytes, boxes: str) -> int | str:
         return exc.code
     except (urllib.error.URLError, OSError) as exc:
         return f"connection error: {exc}"
+
+
+def test_two_worker_processes_share_the_load_and_sum_their_metrics_then_drain(tiny_checkpoint, tmp_path):
+    metrics_dir = tmp_path / "prometheus"
+    metrics_dir.mkdir()
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)  # inherited by the server it starts
+    try:
+        with running_server(tiny_checkpoint, tmp_path / "server.log", workers="2") as (base, proc):
+            deadline = time.monotonic() + 60
+            while metric(base, "landmarks_ready") != 1:  # 1 only once every worker is ready (livemin)
+                assert time.monotonic() < deadline, "the workers never all became ready"
+                time.sleep(0.1)
+            threads, results = fire(base, 16)
+            for t in threads:
+                t.join(timeout=120)
+            assert results == [200] * 16
+            assert metric(base, "landmarks_faces_total") == 16  # every worker's count, whichever one answers
+            pids = {
+                int(p.stem.rsplit("_", 1)[-1])
+                for p in metrics_dir.glob("*_*.db")
+                if p.stem.rsplit("_", 1)[-1].isdigit()
+            }
+            assert len(pids) >= 2  # two worker processes wrote metrics
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=90)
+    finally:
+        del os.environ["PROMETHEUS_MULTIPROC_DIR"]
+    log = (tmp_path / "server.log").read_text()
+    assert log.count("drain complete") == 2
+    assert proc.returncode in (0, -signal.SIGTERM)
