@@ -22,7 +22,7 @@ import cv2
 import numpy as np
 import torch
 
-from benchmarks.common import machine, table
+from benchmarks.common import machine, publish, table
 from benchmarks.server import running_server
 from benchmarks.service_bench import DATA, drive, write_bodies
 from model.checkpoint import SHIPPED_CHECKPOINT
@@ -148,11 +148,7 @@ def main(args: argparse.Namespace) -> str:
             table(["detector", "connections", "req/s", "p50 ms", "p95 ms", "errors"], rate_rows),
             "",
         ]
-    text = "\n".join(lines)
-    print(text)
-    if args.out is not None:
-        args.out.write_text(text)
-    return text
+    return publish(lines, args.out)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from benchmarks.common import machine, table
+from benchmarks.common import machine, publish, table
 from benchmarks.server import running_server
 from benchmarks.service_bench import drive, write_bodies
 from model.checkpoint import SHIPPED_CHECKPOINT
@@ -90,11 +90,7 @@ def main(args: argparse.Namespace) -> str:
         "(`benchmarks/results/gpu_h200.md`); cores needed = GPU faces/s ÷ (faces per request × req/s per core).",
         "",
     ]
-    text = "\n".join(lines)
-    print(text)
-    if args.out is not None:
-        args.out.write_text(text)
-    return text
+    return publish(lines, args.out)
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ from typing import cast
 import numpy as np
 import torch
 
-from benchmarks.common import table
+from benchmarks.common import publish, table
 from benchmarks.model_bench import flops_per_face
 from model.checkpoint import load_for_inference
 from model.config import preset
@@ -198,12 +198,7 @@ def main(args: argparse.Namespace) -> str:
             ),
             "",
         ]
-    text = "\n".join(lines)
-    if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text)
-    print(text)
-    return text
+    return publish(lines, args.out)
 
 
 if __name__ == "__main__":
