@@ -248,7 +248,8 @@ def run(argv: list[str] | None = None) -> None:
     if settings.workers == 1:
         uvicorn.run(app, **common)
         return
-    folder = Path(os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="dsc-landmarks-metrics-")))
+    folder = Path(os.environ.get("PROMETHEUS_MULTIPROC_DIR") or tempfile.mkdtemp(prefix="dsc-landmarks-metrics-"))
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(folder)  # the spawned workers inherit it
     folder.mkdir(parents=True, exist_ok=True)
     for stale in folder.glob("*.db"):  # values of an earlier run would be summed in
         stale.unlink()
