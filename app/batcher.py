@@ -202,7 +202,3 @@ class Batcher(Generic[T, R]):
         self._report_depth()
         self._executor.shutdown(wait=True)
         return finished
-
-    @property
-    def closing(self) -> bool:
-        return self._closing

@@ -24,9 +24,10 @@ from benchmarks.common import publish, table
 from benchmarks.model_bench import flops_per_face
 from model.checkpoint import load_for_inference
 from model.config import preset
-from model.geometry import box_from_points, crop_matrix, invert, warp
+from model.geometry import as_box, box_from_points
 from model.inference import InferenceModel, Precision, prepare
 from model.network import build_model
+from model.pipeline import Framing, face_crop
 from training.datasets import load_image, load_samples
 from training.metrics import box_size, nme
 
@@ -112,9 +113,9 @@ def face_batch(data: Path, split: str, size: int) -> tuple[torch.Tensor, torch.T
     samples = load_samples("pts_folder", data, split)
     crops, inverse = [], []
     for sample in samples:
-        m = crop_matrix(box_from_points(sample.points), size)
-        crops.append(warp(load_image(sample.image), m, size))
-        inverse.append(invert(m))
+        crop, inv = face_crop(load_image(sample.image), Framing(as_box(box_from_points(sample.points))), size)
+        crops.append(crop)
+        inverse.append(inv)
     truth = np.stack([s.points for s in samples])
     return torch.from_numpy(np.stack(crops)), torch.from_numpy(np.stack(inverse)).float(), truth
 

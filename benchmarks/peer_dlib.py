@@ -30,7 +30,7 @@ import torch
 from benchmarks.common import machine, table
 from model.checkpoint import SHIPPED_CHECKPOINT, load_for_inference
 from model.detector import YuNetDetector, match_detection
-from model.geometry import box_from_points
+from model.geometry import as_box, box_from_points
 from model.inference import InferenceModel
 from model.pipeline import Framing, face_crop, refine
 from training.datasets import Sample, load_image, load_samples
@@ -102,11 +102,6 @@ def our_points(engine: InferenceModel, image: np.ndarray, framing: Framing, seco
         points = engine(torch.from_numpy(crop)[None], torch.from_numpy(inverse).float()[None]).points[0]
         framing = refine(points.double().numpy(), aligned=False)
     return np.asarray(points.double().numpy())
-
-
-def as_box(box: np.ndarray) -> tuple[float, float, float, float]:
-    x1, y1, x2, y2 = (float(v) for v in box)
-    return (x1, y1, x2, y2)
 
 
 def summary(pred: np.ndarray, gt: np.ndarray, norm: np.ndarray) -> list[str]:

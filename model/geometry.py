@@ -31,6 +31,12 @@ FloatArray = NDArray[np.float64]
 Box = tuple[float, float, float, float]  # x1, y1, x2, y2 in image pixels
 
 
+def as_box(box: NDArray[np.floating]) -> Box:
+    """A ``[x1, y1, x2, y2]`` array as the plain-float :data:`Box` tuple."""
+    x1, y1, x2, y2 = (float(v) for v in box)
+    return (x1, y1, x2, y2)
+
+
 def box_from_points(points: NDArray[np.floating]) -> FloatArray:
     """Tight ``[x1, y1, x2, y2]`` box around ``(K, 2)`` points, ignoring non-finite rows."""
     finite = points[np.isfinite(points).all(axis=1)]

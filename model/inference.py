@@ -93,22 +93,19 @@ class CudaGraphs:
         return torch.cuda.device(self.device) if self.device.type == "cuda" else contextlib.nullcontext()
 
     def _capture(self, size: int) -> tuple[torch.cuda.CUDAGraph, Tensor, Heads]:
-        with self._on_device():
-            return self._capture_on_device(size)
-
-    def _capture_on_device(self, size: int) -> tuple[torch.cuda.CUDAGraph, Tensor, Heads]:
         static = torch.zeros((size, *self.crop_shape), dtype=torch.uint8, device=self.device)
-        side = torch.cuda.Stream(self.device)
-        side.wait_stream(torch.cuda.current_stream(self.device))
-        with torch.cuda.stream(side):  # warm-up outside the graph: cuDNN picks its kernels here
-            for _ in range(3):
-                self.fn(static)
-        torch.cuda.current_stream(self.device).wait_stream(side)
-        if self.pool is None:
-            self.pool = torch.cuda.graph_pool_handle()
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self.pool):
-            outputs = self.fn(static)
+        with self._on_device():
+            side = torch.cuda.Stream(self.device)
+            side.wait_stream(torch.cuda.current_stream(self.device))
+            with torch.cuda.stream(side):  # warm-up outside the graph: cuDNN picks its kernels here
+                for _ in range(3):
+                    self.fn(static)
+            torch.cuda.current_stream(self.device).wait_stream(side)
+            if self.pool is None:
+                self.pool = torch.cuda.graph_pool_handle()
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph, pool=self.pool):
+                outputs = self.fn(static)
         return graph, static, outputs
 
     def __call__(self, crops: Tensor) -> Heads:

@@ -30,7 +30,7 @@ from scipy.optimize import isotonic_regression
 from model.checkpoint import CheckpointError, load_checkpoint, load_for_inference, save_checkpoint
 from model.codec import CONFIDENCE_SCORE, Calibration
 from model.inference import InferenceModel
-from training.datasets import DataError, load_samples
+from training.datasets import DataError, samples_from_spec
 from training.evaluate import run
 from training.metrics import box_size, point_errors, spearman
 
@@ -111,11 +111,11 @@ class SetScores:
 
 
 def score_set(engine: InferenceModel, spec: str, tolerance: float) -> SetScores:
-    fmt, root, split, *labels = spec.split(":")
-    samples = load_samples(fmt, Path(root), split, labels[0] if labels else None)
+    samples = samples_from_spec(spec)
     ev = run(engine, samples, "gt", batch_size=32, workers=0)
     gt = np.stack([s.points for s in ev.samples])
     errors = point_errors(ev.points, gt) / box_size(gt)[:, None]
+    _, root, split, *_ = spec.split(":")
     return SetScores(f"{Path(root).name}/{split}", ev.confidence, (errors <= tolerance).astype(np.float64), errors)
 
 

@@ -357,6 +357,12 @@ def load_samples(
     return verify_images(samples, skip_bad)
 
 
+def samples_from_spec(spec: str, skip_bad: bool = False) -> list[Sample]:
+    """Samples named on a command line as ``FORMAT:ROOT:SPLIT[:LABELS]`` (e.g. ``pts_folder:../data/300w:val``)."""
+    fmt, root, split, *labels = spec.split(":")
+    return load_samples(fmt, Path(root), split, labels[0] if labels else None, skip_bad)
+
+
 def verify_images(samples: list[Sample], skip_bad: bool = False) -> list[Sample]:
     """Check every image's structure before training starts, so a broken file cannot stop an epoch half-way."""
 

@@ -27,7 +27,7 @@ from tqdm import tqdm
 
 from model.checkpoint import CheckpointError, load_for_inference
 from model.detector import YuNetDetector, match_detection
-from model.geometry import box_from_points
+from model.geometry import as_box, box_from_points
 from model.inference import InferenceModel
 from model.pipeline import Framing, face_crop, refine
 from model.render import draw_landmarks
@@ -90,7 +90,7 @@ def run(
     """Predict every sample's face through :mod:`model.pipeline`, as the service does: ``boxes`` ``gt`` or
     ``detector``; ``second_pass`` re-frames from the first pass's landmarks; ``aligned`` rotates crops upright."""
     if boxes == "gt":
-        chosen, framings = samples, [Framing(tuple(float(v) for v in b)) for b in gt_boxes(samples)]  # type: ignore[arg-type]
+        chosen, framings = samples, [Framing(as_box(b)) for b in gt_boxes(samples)]
     else:
         chosen, framings = detector_framings(samples, aligned)
     if not chosen:
@@ -156,6 +156,11 @@ def report(ev: Evaluation, gt: np.ndarray, fmt: str) -> dict[str, Any]:
     return out
 
 
+def is_subset_block(value: object) -> bool:
+    """A report entry holding NMEs by normalisation and stage (not the yaw table or the detector's reference)."""
+    return isinstance(value, dict) and "stage2" in value.get("box", {})
+
+
 def write_markdown(path: Path, results: dict[str, Any], header: str) -> None:
     lines = [f"# {header}", ""]
     for label, res in results["label_sets"].items():
@@ -172,7 +177,7 @@ def write_markdown(path: Path, results: dict[str, Any], header: str) -> None:
             "|---|---|---|---|---|---|---|---|",
         ]
         for subset, block in res.items():
-            if not isinstance(block, dict) or "stage2" not in block.get("box", {}):
+            if not is_subset_block(block):
                 continue
             for norm, stages in block.items():
                 for stage in ("stage1", "stage2"):
@@ -322,7 +327,7 @@ def cli() -> None:
         log.error("%s", exc)
         raise SystemExit(2) from exc
     for label, res in results["label_sets"].items():
-        block = next(v for v in res.values() if isinstance(v, dict) and "stage2" in v.get("box", {}))
+        block = next(v for v in res.values() if is_subset_block(v))
         print(
             f"{label}: box NME stage2 {block['box']['stage2']['nme_mean']:.2f} % "
             f"(stage1 {block['box']['stage1']['nme_mean']:.2f} %), faces {res['faces']}/{res['samples']}"

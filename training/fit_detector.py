@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 from model.detector import BoxMap, YuNetDetector, iou, match_detection
 from model.geometry import box_from_points
-from training.datasets import load_image, load_samples
+from training.datasets import load_image, samples_from_spec
 
 DEFAULT_SETS = (
     "aflw2000:../shared/data/aflw2000-3d:train",
@@ -38,10 +38,9 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     detector = YuNetDetector(max_side=args.max_side, box_map=None)
     rows, total = [], 0
     for spec in args.sets:
-        fmt, root, split = spec.split(":")
-        samples = load_samples(fmt, Path(root), split)
+        samples = samples_from_spec(spec)
         total += len(samples)
-        for s in tqdm(samples, desc=f"detect {Path(root).name}", disable=not sys.stderr.isatty()):
+        for s in tqdm(samples, desc=f"detect {spec}", disable=not sys.stderr.isatty()):
             x1, y1, x2, y2 = box_from_points(s.points)
             det = match_detection(detector(load_image(s.image)), np.array([x1, y1, x2, y2]))
             if det is None:

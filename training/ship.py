@@ -46,7 +46,7 @@ NORM_NAMES = {"box": "box", "inter_ocular": "inter-ocular", "inter_pupil": "inte
 
 def block(report: dict[str, Any], labels: str | None = None) -> dict[str, Any]:
     res = report["label_sets"][labels or next(iter(report["label_sets"]))]
-    return next(v for v in res.values() if isinstance(v, dict) and "stage2" in v.get("box", {}))
+    return next(v for v in res.values() if evaluate.is_subset_block(v))
 
 
 def label_set(report: dict[str, Any], labels: str | None = None) -> dict[str, Any]:
