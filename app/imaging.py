@@ -4,6 +4,10 @@ One decode path for every route: the header is read first (format, size), the pi
 pixel budget are applied before any pixel is decoded, the EXIF orientation is applied when it can be read (a
 malformed EXIF block is ignored, never an error), and every pixel mode becomes 8-bit RGB by its real range
 (16-bit and 32-bit grey are scaled, not clipped to white).
+
+Pillow reads the header and judges every file; the pixels of 8-bit RGB and grey images (nearly every photo) are
+decoded by OpenCV, which is about 3x faster here than Pillow's decode plus its copy into numpy (it is the largest
+CPU cost of a request with caller boxes). Anything OpenCV declines goes through Pillow, which gives the error.
 """
 
 from __future__ import annotations
@@ -25,6 +29,8 @@ log = logging.getLogger(__name__)
 
 ACCEPTED_FORMATS = {"JPEG": "JPEG", "PNG": "PNG", "WEBP": "WebP", "BMP": "BMP", "MPO": "JPEG"}
 ORIENTATION = 0x0112
+FAST_MODES = ("RGB", "L")  # decoded by OpenCV to the same 8-bit RGB pixels
+_CV_FLAGS = cv2.IMREAD_COLOR_RGB | cv2.IMREAD_IGNORE_ORIENTATION
 # Our own limit (LANDMARKS_MAX_IMAGE_PIXELS, read from the header) replaces Pillow's global bomb guard, whose
 # error would otherwise reach clients with Pillow's wording before ours is checked.
 Image.MAX_IMAGE_PIXELS = None
@@ -62,15 +68,39 @@ class PixelBudget:
                 self.used -= held
 
 
-def _orient(image: Image.Image) -> Image.Image:
-    """Apply the EXIF orientation (no copy when there is none); a malformed EXIF block leaves the image as stored."""
+def _orientation(image: Image.Image) -> int:
+    """The EXIF orientation (1-8; 1 when absent or unreadable: a malformed EXIF block leaves the image as stored)."""
     try:
-        if image.getexif().get(ORIENTATION, 1) in (1, None):
-            return image
-        return ImageOps.exif_transpose(image)
+        value = image.getexif().get(ORIENTATION, 1)
     except Exception:  # noqa: BLE001 - Pillow raises many types on malformed EXIF; the pixels are still good
         log.info("ignoring a malformed EXIF block")
+        return 1
+    return value if isinstance(value, int) and 1 <= value <= 8 else 1
+
+
+def _orient(image: Image.Image) -> Image.Image:
+    """Apply the EXIF orientation to a Pillow image (no copy when there is none)."""
+    if _orientation(image) == 1:
         return image
+    try:
+        return ImageOps.exif_transpose(image)
+    except Exception:  # noqa: BLE001 - as above
+        log.info("ignoring a malformed EXIF block")
+        return image
+
+
+def orient_array(rgb: NDArray[np.uint8], orientation: int) -> NDArray[np.uint8]:
+    """Apply EXIF orientation 1-8 to an ``(H, W, C)`` array, as ``ImageOps.exif_transpose`` does to an image."""
+    if orientation in (5, 6, 7, 8):  # the four that swap width and height: a transpose, then as 1-4
+        rgb = rgb.transpose(1, 0, 2)
+        orientation = {5: 1, 6: 2, 7: 3, 8: 4}[orientation]
+    if orientation == 2:
+        return rgb[:, ::-1]
+    if orientation == 3:
+        return rgb[::-1, ::-1]
+    if orientation == 4:
+        return rgb[::-1]
+    return rgb
 
 
 def _to_rgb8(image: Image.Image) -> NDArray[np.uint8]:
@@ -119,6 +149,10 @@ def decode_image(data: bytes, max_pixels: int, reserve: Callable[[int], None] | 
         )
     if reserve is not None:
         reserve(width * height)
+    if image.mode in FAST_MODES:
+        pixels = cv2.imdecode(np.frombuffer(data, np.uint8), _CV_FLAGS)
+        if pixels is not None and pixels.shape == (height, width, 3):
+            return np.ascontiguousarray(orient_array(np.asarray(pixels, np.uint8), _orientation(image)))
     try:
         image.load()
         rgb = _to_rgb8(_orient(image))

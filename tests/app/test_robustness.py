@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from PIL import Image
+from PIL import Image, ImageOps
 
 from app.errors import ServiceError
 from app.forms import MAX_BOXES_TEXT, parse_boxes
-from app.imaging import PixelBudget, decode_image
+from app.imaging import PixelBudget, decode_image, orient_array
 from benchmarks.server import ROOT
 from model.render import draw_landmarks
 from tests.app.conftest import open_client, png_bytes
@@ -133,6 +133,34 @@ def test_malformed_exif_is_ignored_and_a_valid_orientation_is_applied():
     assert decode_image(broken, 10**7).shape in (plain.shape, (plain.shape[1], plain.shape[0], 3))
     rotated = decode_image(jpeg_with_exif([(0x0112, 3, 1, struct.pack("<H", 6))]), 10**7)
     assert rotated.shape == (plain.shape[1], plain.shape[0], 3)  # orientation 6: turned a quarter
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_orientation_of_the_opencv_path_matches_pillows_exif_transpose(orientation):
+    pixels = np.random.default_rng(orientation).integers(0, 255, (5, 7, 3), dtype=np.uint8)
+    image = Image.fromarray(pixels)
+    exif = image.getexif()
+    exif[0x0112] = orientation
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", exif=exif)  # lossless, so the decoded pixels can be compared exactly
+    expected = np.asarray(ImageOps.exif_transpose(Image.open(io.BytesIO(buffer.getvalue()))).convert("RGB"))
+    np.testing.assert_array_equal(orient_array(pixels, orientation), expected)
+    np.testing.assert_array_equal(decode_image(buffer.getvalue(), 10**7), expected)
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP"])
+@pytest.mark.parametrize("mode", ["RGB", "L"])
+def test_opencv_decode_gives_pillows_pixels(fmt, mode):
+    image = Image.open(io.BytesIO(PORTRAIT)).convert(mode)
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt, quality=85)
+    data = buffer.getvalue()
+    expected = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"), dtype=np.int16)
+    got = decode_image(data, 10**7)
+    assert got.shape == expected.shape
+    assert got.flags.c_contiguous
+    # Lossless formats agree exactly; JPEG and lossy WebP decoders may round the inverse DCT differently.
+    assert np.abs(got.astype(np.int16) - expected).max() <= (0 if fmt == "PNG" else 8)
 
 
 def test_16_bit_grey_png_keeps_its_tones():
