@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import cv2
 import torch
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -103,13 +104,21 @@ def _watch_sigterm(app: FastAPI, service: LandmarkService) -> None:
         log.debug("SIGTERM drain handler not installed")
 
 
+def _share_cores(settings: Settings) -> None:
+    """Thread pools inside torch and OpenCV: one process may use every core; LANDMARKS_WORKERS processes share
+    them (each one's pools default to cores / workers, so 16 workers do not start 16 x 16 spinning threads)."""
+    share = max(1, len(os.sched_getaffinity(0)) // settings.workers)
+    if settings.torch_threads or settings.workers > 1:
+        torch.set_num_threads(settings.torch_threads or share)
+    cv2.setNumThreads(settings.opencv_threads or share)
+
+
 @contextlib.asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
     settings: Settings = app.state.settings
     metrics: Metrics = app.state.metrics
     log.info("settings: %s", settings.model_dump_json())
-    if settings.torch_threads:
-        torch.set_num_threads(settings.torch_threads)
+    _share_cores(settings)
     # Load and check the checkpoint now: a missing, corrupt or mismatched file stops the start right here.
     service = await load_service(settings, metrics)
     engine = service.predictor.engine
@@ -243,6 +252,7 @@ def run(argv: list[str] | None = None) -> None:
         "port": args.port,
         "http": GuardedHttpToolsProtocol,
         "timeout_keep_alive": settings.keep_alive_s,
+        "access_log": False,  # app.access writes one structured line per request; uvicorn's would be a second
         "timeout_graceful_shutdown": args.timeout_graceful_shutdown,
     }
     if settings.workers == 1:

@@ -40,7 +40,12 @@ class Settings(BaseSettings):
         120_000_000, ge=64, description="decoded pixels of all requests at once before 503 busy (>= max_image_pixels)"
     )
     max_faces: int = Field(10, ge=1, le=100, description="default and upper limit of faces per image")
-    torch_threads: int | None = Field(None, ge=1, le=1024, description="torch intra-op threads (default: torch's)")
+    torch_threads: int | None = Field(
+        None, ge=1, le=1024, description="torch intra-op threads (default: torch's; with workers > 1, cores / workers)"
+    )
+    opencv_threads: int | None = Field(
+        None, ge=1, le=1024, description="OpenCV threads inside one call (crop warp, YuNet); default: cores / workers"
+    )
     preprocess_threads: int = Field(2, ge=1, le=64, description="threads for decode, detection and cropping")
     detector_max_side: int = Field(640, ge=64, le=8192, description="images are downscaled to this for detection")
     detector_score_threshold: float = Field(0.5, gt=0, lt=1, description="YuNet detections below this are dropped")

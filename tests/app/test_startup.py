@@ -1,9 +1,12 @@
 import dataclasses
+import os
 
+import cv2
 import pytest
+import torch
 from fastapi.testclient import TestClient
 
-from app.main import create_app
+from app.main import _share_cores, create_app
 from model.checkpoint import CheckpointError, save_checkpoint
 from model.network import build_model
 from tests.app.conftest import make_settings
@@ -31,3 +34,19 @@ def test_invalid_settings_exit_with_a_message(monkeypatch):
     monkeypatch.setenv("LANDMARKS_DEVICE", "tpu")
     with pytest.raises(SystemExit, match=r"(?s)LANDMARKS_DEVICE: .*cuda:N.*LANDMARKS_MAX_BATCH_SIZE: .*1"):
         create_app()
+
+
+def test_worker_processes_share_the_cores_between_their_thread_pools(tiny_checkpoint, monkeypatch):
+    before = torch.get_num_threads(), cv2.getNumThreads()
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)))
+    try:
+        _share_cores(make_settings(tiny_checkpoint, workers=4))
+        assert (torch.get_num_threads(), cv2.getNumThreads()) == (2, 2)  # 8 cores / 4 workers
+        _share_cores(make_settings(tiny_checkpoint, workers=4, torch_threads=1, opencv_threads=3))
+        assert (torch.get_num_threads(), cv2.getNumThreads()) == (1, 3)  # explicit settings win
+        torch.set_num_threads(5)
+        _share_cores(make_settings(tiny_checkpoint))
+        assert (torch.get_num_threads(), cv2.getNumThreads()) == (5, 8)  # one worker: torch's own default stays
+    finally:
+        torch.set_num_threads(before[0])
+        cv2.setNumThreads(before[1])
