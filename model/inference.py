@@ -198,11 +198,26 @@ class InferenceModel:
         points, peak, coarse_points, coarse_peak = heads
         stride = self.config.heatmap_stride
         inverse = inverse_matrices.to(self.device)
-        conf = confidence(peak, coarse_peak, self.calibration)
-        out = LandmarkOutput(heatmap_to_image(points, inverse, stride).cpu(), conf.cpu())
+        results = [heatmap_to_image(points, inverse, stride), confidence(peak, coarse_peak, self.calibration)]
         if with_coarse:
-            out.coarse_points = heatmap_to_image(coarse_points, inverse, stride).cpu()
-        return out
+            results.append(heatmap_to_image(coarse_points, inverse, stride))
+        host = self._to_host(results)
+        return LandmarkOutput(host[0], host[1], coarse_points=host[2] if with_coarse else None)
+
+    def _to_host(self, tensors: list[Tensor]) -> list[Tensor]:
+        """Results to host memory. On CUDA the copies are queued into pinned buffers and the calling thread then
+        sleeps on a blocking event until they land, instead of spinning in a stream synchronise: with several
+        workers on one GPU, each one's spinning inference thread would take a whole core for every forward."""
+        if self.device.type != "cuda":
+            return [t.cpu() for t in tensors]
+        with torch.cuda.device(self.device):
+            host = [torch.empty(t.shape, dtype=t.dtype, pin_memory=True) for t in tensors]
+            for dst, src in zip(host, tensors, strict=True):
+                dst.copy_(src, non_blocking=True)
+            landed = torch.cuda.Event(blocking=True)
+            landed.record()
+            landed.synchronize()
+        return host
 
 
 def _average_with_flip(plain: Heatmaps, flipped: Heatmaps) -> Heatmaps:
