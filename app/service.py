@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import logging
+import os
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -23,6 +25,8 @@ from app.settings import Settings
 from model.detector import Detection, YuNetDetector
 from model.geometry import Box
 from model.pipeline import Framing, face_crop, refine
+
+log = logging.getLogger("app")
 
 T = TypeVar("T")
 
@@ -76,12 +80,14 @@ class LandmarkService:
     async def start(self) -> None:
         """Start the batcher and warm the model up on its own thread; then report ready."""
         self.batcher.start()
+        began = time.perf_counter()
         sizes = [1, self.settings.max_batch_size][: self.settings.warmup_batches]
         if sizes:
             await self.batcher.call_in_worker(lambda: self.predictor.warmup(sizes))
         if self.lifecycle.state == "starting":
             self.lifecycle.state = "ready"
             self.metrics.ready.set(1)
+            log.info("process %d ready (warm-up %.1f s)", os.getpid(), time.perf_counter() - began)
 
     async def stop(self) -> bool:
         """Refuse new requests, let every accepted one finish (within the drain timeout), release the threads.

@@ -14,22 +14,14 @@ sustains, which divides a GPU's throughput into the front-end cores (and process
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import tempfile
 from pathlib import Path
 
 from benchmarks.common import machine, publish, table
-from benchmarks.server import running_server
+from benchmarks.server import running_server, tree_cpu_seconds
 from benchmarks.service_bench import drive, write_bodies
 from model.checkpoint import SHIPPED_CHECKPOINT
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process (all its threads), from /proc."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    ticks = int(fields[11]) + int(fields[12])  # utime, stime
-    return ticks / float(os.sysconf("SC_CLK_TCK"))
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -59,9 +51,9 @@ def main(args: argparse.Namespace) -> str:
             }
             with running_server(SHIPPED_CHECKPOINT, folder / f"server-{bodies.name}.log", **settings) as (base, proc):
                 for clients in levels:
-                    before = cpu_seconds(proc.pid)
+                    before = tree_cpu_seconds(proc.pid)
                     result = drive(base, bodies, count, clients, args.seconds)
-                    per_request = (cpu_seconds(proc.pid) - before) / max(result["requests"], 1)
+                    per_request = (tree_cpu_seconds(proc.pid) - before) / max(result["requests"], 1)
                     rows.append(
                         [
                             mode,
@@ -87,7 +79,7 @@ def main(args: argparse.Namespace) -> str:
         "",
         "The warm-up request of each level is included in the CPU time (a small overestimate). Note the two numbers "
         "one needs for a GPU host: req/s per core of the path it will serve, and the GPU's faces/s "
-        "(`benchmarks/results/gpu_h200.md`); cores needed = GPU faces/s ÷ (faces per request × req/s per core).",
+        "(`benchmarks/results/gpu_h100.md`); cores needed = GPU faces/s ÷ (faces per request × req/s per core).",
         "",
     ]
     return publish(lines, args.out)

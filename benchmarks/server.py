@@ -23,6 +23,38 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and all its live descendants (uvicorn's supervisor and its workers), from /proc."""
+    found = [pid]
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            children = (task / "children").read_text().split()
+        except OSError:
+            continue
+        for child in children:
+            found += process_tree(int(child))
+    return found
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process and its live descendants (all their threads), from /proc."""
+    ticks = 0
+    for p in process_tree(pid):
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # exited meanwhile
+        ticks += int(fields[11]) + int(fields[12])  # utime, stime
+    return ticks / float(os.sysconf("SC_CLK_TCK"))
+
+
+def host_jiffies() -> tuple[int, int]:
+    """(busy, total) CPU jiffies of the whole host so far, from /proc/stat; differences give the busy share."""
+    values = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    idle = values[3] + values[4]  # idle + iowait
+    return sum(values) - idle, sum(values)
+
+
 def http_status(url: str, timeout: float = 2.0) -> int:
     try:
         with urllib.request.urlopen(url, timeout=timeout) as response:
@@ -54,7 +86,7 @@ def running_server(checkpoint: Path, log_path: Path, **settings: str) -> Iterato
     )
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 120  # several CUDA workers start together
         while http_status(f"{base}/health/ready") != 200:
             if proc.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"server did not become ready:\n{log_path.read_text()[-3000:]}")

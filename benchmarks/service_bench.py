@@ -31,9 +31,10 @@ SCRIPT = Path(__file__).with_name("wrk_post.lua")
 BOUNDARY = "dsclandmarksbenchboundary"
 
 
-def write_bodies(folder: Path, count: int, with_boxes: bool = True) -> int:
-    """Multipart bodies (image, and boxes from the ground truth unless ``with_boxes`` is off) for wrk to cycle."""
-    samples = read_aflw2000(DATA, "val")[:count]
+def write_bodies(folder: Path, count: int, with_boxes: bool = True, data: Path = DATA) -> int:
+    """Multipart bodies (image, and boxes from the ground truth unless ``with_boxes`` is off) for wrk to cycle,
+    from the val split of the AFLW2000-3D style folder ``data``."""
+    samples = read_aflw2000(data, "val")[:count]
     for i, s in enumerate(samples, 1):
         boxes = json.dumps([[*s.points.min(0).tolist(), *s.points.max(0).tolist()]])
         box_field = f'\r\n--{BOUNDARY}\r\nContent-Disposition: form-data; name="boxes"\r\n\r\n{boxes}'
@@ -60,17 +61,19 @@ def batch_stats(base: str) -> tuple[float, float]:
     return values["landmarks_batch_size_sum"], values["landmarks_batch_size_count"]
 
 
-def drive(base: str, bodies: Path, count: int, clients: int, seconds: int) -> dict[str, float]:
+def drive(
+    base: str, bodies: Path, count: int, clients: int, seconds: int, threads: int = 1, wrk: str = "wrk"
+) -> dict[str, float]:
     subprocess.run(
-        ["wrk", "-t1", "-c1", "-d2s", "-s", str(SCRIPT), base, "--", str(bodies), str(count), BOUNDARY],
+        [wrk, "-t1", "-c1", "-d2s", "-s", str(SCRIPT), base, "--", str(bodies), str(count), BOUNDARY],
         capture_output=True,
         check=True,
     )  # warm-up
     faces0, batches0 = batch_stats(base)
     out = subprocess.run(
         [
-            "wrk",
-            "-t1",
+            wrk,
+            f"-t{min(threads, clients)}",
             f"-c{clients}",
             f"-d{seconds}s",
             "--timeout",

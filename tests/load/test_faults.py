@@ -22,6 +22,7 @@ import pytest
 import torch
 from PIL import Image
 
+from benchmarks.gpu_service_bench import READY_LINE
 from benchmarks.server import ROOT, free_port, http_status, running_server
 from model.checkpoint import save_checkpoint
 from model.config import cpu
@@ -416,5 +417,6 @@ def test_two_worker_processes_share_the_load_and_sum_their_metrics_then_drain(ti
     finally:
         del os.environ["PROMETHEUS_MULTIPROC_DIR"]
     log = (tmp_path / "server.log").read_text()
+    assert len(READY_LINE.findall(log)) == 2  # what operators and benchmarks wait for
     assert log.count("drain complete") == 2
     assert proc.returncode in (0, -signal.SIGTERM)
