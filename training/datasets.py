@@ -359,7 +359,10 @@ def load_samples(
 
 def samples_from_spec(spec: str, skip_bad: bool = False) -> list[Sample]:
     """Samples named on a command line as ``FORMAT:ROOT:SPLIT[:LABELS]`` (e.g. ``pts_folder:../data/300w:val``)."""
-    fmt, root, split, *labels = spec.split(":")
+    parts = spec.split(":")
+    if not 3 <= len(parts) <= 4 or not all(parts[:2]):
+        raise DataError(f"{spec!r}: expected FORMAT:ROOT:SPLIT[:LABELS], e.g. pts_folder:../data/300w:val")
+    fmt, root, split, *labels = parts
     return load_samples(fmt, Path(root), split, labels[0] if labels else None, skip_bad)
 
 

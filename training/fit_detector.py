@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 from model.detector import BoxMap, YuNetDetector, iou, match_detection
 from model.geometry import box_from_points
-from training.datasets import load_image, samples_from_spec
+from training.datasets import DataError, load_image, samples_from_spec
 
 DEFAULT_SETS = (
     "aflw2000:../shared/data/aflw2000-3d:train",
@@ -80,5 +80,12 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
+def cli() -> None:
+    try:
+        main(get_args_parser().parse_args())
+    except DataError as exc:  # a malformed spec, a missing folder or file: one line, not a traceback
+        raise SystemExit(f"fit_detector: {exc}") from None
+
+
 if __name__ == "__main__":
-    main(get_args_parser().parse_args())
+    cli()

@@ -1,9 +1,12 @@
+import sys
+
 import numpy as np
 import pytest
 
 from model.landmarks import MIRROR
 from tests.conftest import tiny_config
 from tests.training.fixtures import make_300w, make_300w_lp, make_aflw2000, make_pts_split
+from training import fit_detector
 from training.datasets import (
     DataError,
     LandmarkDataset,
@@ -14,6 +17,7 @@ from training.datasets import (
     read_300w_lp,
     read_aflw2000,
     read_pts,
+    samples_from_spec,
     write_pts,
 )
 
@@ -155,3 +159,16 @@ def test_mixture_sampler_splits_ranks_without_overlap():
     assert b == full[1:12:2]
     with pytest.raises(ValueError, match="positive weight"):
         MixtureSampler([5, 0], [1.0, 1.0])
+
+
+@pytest.mark.parametrize("spec", ["pts_folder:/data", "pts_folder", ":/data:val", "a:b:c:d:e"])
+def test_a_malformed_dataset_spec_is_a_data_error_naming_the_form(spec):
+    with pytest.raises(DataError, match="expected FORMAT:ROOT:SPLIT"):
+        samples_from_spec(spec)
+
+
+def test_fit_detector_reports_a_bad_spec_in_one_line(monkeypatch):
+    monkeypatch.setattr(sys, "argv", ["fit_detector", "--sets", "pts_folder:/nowhere"])
+    with pytest.raises(SystemExit) as exit_info:
+        fit_detector.cli()
+    assert str(exit_info.value).startswith("fit_detector: 'pts_folder:/nowhere': expected FORMAT:ROOT:SPLIT")
