@@ -107,7 +107,8 @@ def _watch_sigterm(app: FastAPI, service: LandmarkService) -> None:
 def _share_cores(settings: Settings) -> None:
     """Thread pools inside torch and OpenCV: one process may use every core; LANDMARKS_WORKERS processes share
     them (each one's pools default to cores / workers, so 16 workers do not start 16 x 16 spinning threads)."""
-    share = max(1, len(os.sched_getaffinity(0)) // settings.workers)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)  # macOS
+    share = max(1, cores // settings.workers)
     if settings.torch_threads or settings.workers > 1:
         torch.set_num_threads(settings.torch_threads or share)
     cv2.setNumThreads(settings.opencv_threads or share)
