@@ -27,7 +27,7 @@ import torch
 
 from benchmarks.common import publish, table
 from benchmarks.server import host_jiffies, running_server, tree_cpu_seconds
-from benchmarks.service_bench import DATA, drive, write_bodies
+from benchmarks.service_bench import DATA, drive, warm_up, write_bodies
 from model.checkpoint import SHIPPED_CHECKPOINT, load_for_inference
 from model.inference import Precision
 
@@ -118,8 +118,9 @@ def main(args: argparse.Namespace) -> str:
             with running_server(args.checkpoint, log, **settings) as (base, proc):
                 wait_for_workers(log, workers, args.start_timeout)
                 for clients in clients_levels:
+                    warm_up(base, bodies, 64, wrk)
                     cpu0, host0 = tree_cpu_seconds(proc.pid), host_jiffies()
-                    r = drive(base, bodies, 64, clients, args.seconds, threads=args.wrk_threads, wrk=wrk)
+                    r = drive(base, bodies, 64, clients, args.seconds, threads=args.wrk_threads, wrk=wrk, warm=False)
                     cpu1, host1 = tree_cpu_seconds(proc.pid), host_jiffies()
                     per_request = (cpu1 - cpu0) / max(r["requests"], 1)
                     busy = (host1[0] - host0[0]) / max(host1[1] - host0[1], 1)

@@ -61,14 +61,29 @@ def batch_stats(base: str) -> tuple[float, float]:
     return values["landmarks_batch_size_sum"], values["landmarks_batch_size_count"]
 
 
-def drive(
-    base: str, bodies: Path, count: int, clients: int, seconds: int, threads: int = 1, wrk: str = "wrk"
-) -> dict[str, float]:
+def warm_up(base: str, bodies: Path, count: int, wrk: str = "wrk") -> None:
+    """Two seconds of one connection, so a level starts on a warm server (not counted in its numbers)."""
     subprocess.run(
         [wrk, "-t1", "-c1", "-d2s", "-s", str(SCRIPT), base, "--", str(bodies), str(count), BOUNDARY],
         capture_output=True,
         check=True,
-    )  # warm-up
+    )
+
+
+def drive(
+    base: str,
+    bodies: Path,
+    count: int,
+    clients: int,
+    seconds: int,
+    threads: int = 1,
+    wrk: str = "wrk",
+    warm: bool = True,
+) -> dict[str, float]:
+    """One load level from wrk: throughput, latency percentiles, errors and the mean batch the server formed.
+    ``warm=False`` when the caller ran :func:`warm_up` itself (to keep it out of its own CPU accounting)."""
+    if warm:
+        warm_up(base, bodies, count, wrk)
     faces0, batches0 = batch_stats(base)
     out = subprocess.run(
         [
