@@ -23,6 +23,8 @@ class Lifecycle:
     def __init__(self) -> None:
         self.state: State = "starting"
         self.in_flight = 0
+        self.finished = 0  # accepted requests that have their answer
+        self.last_finished = time.monotonic()
         self._idle = asyncio.Event()
         self._idle.set()
 
@@ -52,6 +54,8 @@ class Lifecycle:
             yield
         finally:
             self.in_flight -= 1
+            self.finished += 1
+            self.last_finished = time.monotonic()
             if self.in_flight == 0:
                 self._idle.set()
 

@@ -19,6 +19,7 @@ from app.batcher import Batcher, BatchInfo, inference_thread
 from app.errors import ServiceError
 from app.imaging import PixelBudget, decode_image
 from app.lifecycle import Lifecycle
+from app.memory import malloc_trim, return_memory_when_idle
 from app.metrics import Metrics
 from app.predictor import CropJob, FaceResult, Predictor
 from app.settings import Settings
@@ -76,6 +77,7 @@ class LandmarkService:
         self._pool = ThreadPoolExecutor(settings.preprocess_threads, thread_name_prefix="preprocess")
         self.lifecycle = Lifecycle()
         self.pixels = PixelBudget(settings.max_pixels_in_flight)
+        self._trimmer: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         """Start the batcher and warm the model up on its own thread; then report ready."""
@@ -84,10 +86,15 @@ class LandmarkService:
         sizes = [1, self.settings.max_batch_size][: self.settings.warmup_batches]
         if sizes:
             await self.batcher.call_in_worker(lambda: self.predictor.warmup(sizes))
+        trim = malloc_trim()
+        if trim is not None:
+            trim()  # what loading and warming up freed
         if self.lifecycle.state == "starting":
             self.lifecycle.state = "ready"
             self.metrics.ready.set(1)
             log.info("process %d ready (warm-up %.1f s)", os.getpid(), time.perf_counter() - began)
+            if trim is not None:
+                self._trimmer = asyncio.create_task(return_memory_when_idle(self.lifecycle, trim))
 
     async def stop(self) -> bool:
         """Refuse new requests, let every accepted one finish (within the drain timeout), release the threads.
@@ -97,6 +104,8 @@ class LandmarkService:
         """
         self.lifecycle.state = "draining"
         self.metrics.ready.set(0)
+        if self._trimmer is not None:
+            self._trimmer.cancel()
         deadline = time.monotonic() + self.settings.drain_timeout_s
         idle = await self.lifecycle.wait_idle(deadline)
         finished = await self.batcher.drain(max(0.0, deadline - time.monotonic())) and idle

@@ -24,7 +24,7 @@ from PIL import Image
 
 from benchmarks.gpu_service_bench import READY_LINE, wait_for_workers
 from benchmarks.server import ROOT, free_port, http_status, running_server
-from model.checkpoint import save_checkpoint
+from model.checkpoint import SHIPPED_CHECKPOINT, save_checkpoint
 from model.config import cpu
 from model.network import build_model
 from tests.app.conftest import png_bytes
@@ -349,22 +349,47 @@ def test_decoded_pixel_budget_bounds_memory_under_a_burst_of_huge_images(tiny_ch
     budget = {"max_pixels_in_flight": str(2 * 6000 * 6000), "max_image_pixels": str(6000 * 6000)}
     with running_server(tiny_checkpoint, tmp_path / "server.log", **budget) as (base, proc):
         before = rss_mb(proc.pid)
-        results: list[int | str] = []
-        threads = [
-            threading.Thread(target=lambda: results.append(post_image_bytes(base, huge, "[[100, 100, 900, 900]]")))
-            for _ in range(8)
-        ]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(timeout=120)
+        results = burst(base, huge, "[[100, 100, 900, 900]]", 8)
         peak = peak_rss_mb(proc.pid)
         assert sorted(set(results)) == [200, 503], results
         assert metric(base, 'landmarks_rejected_requests_total{reason="busy"}') == results.count(503)
-        # One 36 MP request holds about 0.3 GB (the decoder's image, the RGB array, the crop's source); two at
-        # once stay well under what eight would take (about 2.5 GB).
+        # One 36 MP request holds up to about 0.3 GB (the decoded array, the crop's source, Pillow's image where it
+        # decodes); two at once stay well under what eight would take (about 2.5 GB).
         assert peak - before < 1000, (before, peak)
         assert http_status(f"{base}/health/ready") == 200
+
+
+def test_memory_a_burst_freed_goes_back_to_the_os_once_idle(tmp_path):
+    """Bursts of eight 12 MP photos through the shipped network: glibc would keep the process near its peak (here
+    about +120 MB); app/memory.py trims once the service has been idle for a second."""
+    rng = np.random.default_rng(0)
+    face = np.asarray(Image.open(ROOT / "tests" / "data" / "astronaut.jpg").convert("RGB").resize((4000, 3000)))
+    noisy = np.clip(face.astype(np.int16) + rng.integers(-20, 20, face.shape), 0, 255).astype(np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(noisy).save(buffer, format="JPEG", quality=90)
+    photo = buffer.getvalue()
+    with running_server(SHIPPED_CHECKPOINT, tmp_path / "server.log") as (base, proc):
+        idle = rss_mb(proc.pid)
+        for _ in range(3):
+            assert burst(base, photo, "[[1000, 700, 3000, 2300]]", 8) == [200] * 8
+        peak = peak_rss_mb(proc.pid)
+        deadline = time.monotonic() + 15
+        while rss_mb(proc.pid) - idle > 40:
+            assert time.monotonic() < deadline, (idle, peak, rss_mb(proc.pid))
+            time.sleep(0.25)
+
+
+def burst(base: str, data: bytes, boxes: str, count: int) -> list[int | str]:
+    """``count`` concurrent uploads of the same photo; their statuses."""
+    results: list[int | str] = []
+    threads = [
+        threading.Thread(target=lambda: results.append(post_image_bytes(base, data, boxes))) for _ in range(count)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    return results
 
 
 def post_image_bytes(base: str, data: bytes, boxes: str) -> int | str:
