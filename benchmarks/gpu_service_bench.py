@@ -21,15 +21,13 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
-from typing import cast
 
 import torch
 
 from benchmarks.common import publish, table
 from benchmarks.server import host_jiffies, running_server, tree_cpu_seconds
-from benchmarks.service_bench import DATA, drive, warm_up, write_bodies
-from model.checkpoint import SHIPPED_CHECKPOINT, load_for_inference
-from model.inference import Precision
+from benchmarks.service_bench import DATA, drive, raw_throughput, warm_up, write_bodies
+from model.checkpoint import SHIPPED_CHECKPOINT
 
 READY_LINE = re.compile(r"process \d+ ready \(warm-up")  # logged by each server process once it has warmed up
 
@@ -41,23 +39,6 @@ def wait_for_workers(log: Path, workers: int, timeout_s: float) -> None:
         if time.monotonic() > deadline:
             raise RuntimeError(f"not all {workers} workers got ready:\n{log.read_text(errors='replace')[-3000:]}")
         time.sleep(0.2)
-
-
-def raw_rate(checkpoint: Path, device: str, precision: str, max_batch: int, batch: int) -> float:
-    """Faces/s of the served engine (graphs on CUDA, crops from host memory, results back to the host)."""
-    engine = load_for_inference(
-        checkpoint, device, cast(Precision, precision), cuda_graphs=device.startswith("cuda"), max_batch_size=max_batch
-    )
-    size = engine.config.input_size
-    crops = torch.randint(0, 255, (batch, size, size, 3), dtype=torch.uint8)
-    inverse = torch.eye(2, 3).expand(batch, 2, 3).contiguous()
-    for _ in range(3):
-        engine(crops, inverse)  # .cpu() of the results synchronises
-    calls, start = 0, time.perf_counter()
-    while calls < 3 or time.perf_counter() - start < 2.0:
-        engine(crops, inverse)
-        calls += 1
-    return batch * calls / (time.perf_counter() - start)
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -141,8 +122,8 @@ def main(args: argparse.Namespace) -> str:
                         ]
                     )
                     print(rows[-1], flush=True)
-    raw_max = raw_rate(args.checkpoint, args.device, args.precision, args.max_batch, args.max_batch)
-    raw_big = raw_rate(args.checkpoint, args.device, args.precision, args.max_batch, 8 * args.max_batch)
+    raw_max = raw_throughput(args.checkpoint, args.precision, args.max_batch, args.device, args.max_batch)
+    raw_big = raw_throughput(args.checkpoint, args.precision, 8 * args.max_batch, args.device, args.max_batch)
     raw = max(raw_max, raw_big)
     cores = torch.multiprocessing.cpu_count()
     graphs = "on" if args.device.startswith("cuda") else "n/a"
