@@ -88,7 +88,7 @@ class LandmarkService:
             await self.batcher.call_in_worker(lambda: self.predictor.warmup(sizes))
         trim = malloc_trim()
         if trim is not None:
-            trim()  # what loading and warming up freed
+            await asyncio.to_thread(trim)  # what loading and warming up freed; the loop keeps answering probes
         if self.lifecycle.state == "starting":
             self.lifecycle.state = "ready"
             self.metrics.ready.set(1)
