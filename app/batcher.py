@@ -21,7 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
-from app.errors import ServiceError, draining, not_ready, unavailable
+from app.errors import ServiceError, deadline_exceeded, draining, not_ready, unavailable
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -123,7 +123,7 @@ class Batcher(Generic[T, R]):
         try:
             return await asyncio.wait_for(asyncio.gather(*futures), timeout=max(0.0, deadline - loop.time()))
         except TimeoutError:
-            raise ServiceError(504, "deadline_exceeded", "the request passed its deadline", reason="timeout") from None
+            raise deadline_exceeded() from None
         finally:
             for f in futures:
                 f.cancel()  # no-op when done; frees the slot of faces not yet dispatched

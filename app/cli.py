@@ -1,74 +1,196 @@
-"""Landmarks for one image from the command line, through the same pipeline as the service.
+"""Landmarks for photos from the command line: the service's pipeline run directly (no server, no batcher).
 
-    python -m app.cli IMAGE --out annotated.png [--json result.json] [--boxes '[[x1,y1,x2,y2]]']
+    python -m app.cli PHOTO|FOLDER|GLOB ... [--jsonl results.jsonl] [--pts] [--render DIR] [--out picture.png]
 
-Settings (checkpoint, device, precision, ...) come from the same ``LANDMARKS_*`` variables as the service.
+Writes one JSON line per photo (``path`` plus the body ``POST /landmarks`` would answer, or ``error`` and
+``detail`` for a photo that could not be read: it is reported and skipped, never the end of the run). Folders
+are searched for JPEG, PNG, WebP and BMP files (``--recursive`` for sub-folders); faces of several photos share
+each network batch. ``--pts`` writes a 300-W ``.pts`` file (1-based, like the data sets) beside each photo for
+each face (``name.pts``, then ``name_1.pts``, ...) and never overwrites one; ``--render DIR`` writes a preview
+PNG per photo; ``--out`` the preview of a single photo. Settings (checkpoint, device, precision, detector,
+second pass, ...) come from the same ``LANDMARKS_*`` variables as the service, so the landmarks are the same.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
+import glob
 import json
 import logging
 import sys
+import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import TextIO
+
+from tqdm import tqdm
 
 from app.errors import ServiceError
 from app.forms import parse_boxes, parse_max_faces
-from app.metrics import Metrics
-from app.responses import render_png, to_response
-from app.service import load_service
+from app.imaging import decode_image
+from app.responses import Prediction, render_png, to_response
+from app.service import build_detector, load_engine
 from app.settings import Settings
 from model.checkpoint import CheckpointError
+from model.detector import DetectorError
+from model.landmarks import format_pts
+from model.pipeline import Engine, FaceBox, Image, Pipeline, caller_faces
+
+PHOTO_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
+PHOTOS_PER_BATCH = 8  # photos decoded and run together; their faces share network batches
 
 
-async def _predict(settings: Settings, data: bytes, boxes: str | None, max_faces: str | None) -> tuple[str, bytes]:
-    service = await load_service(settings, Metrics())
-    await service.start()
-    try:
-        limit = parse_max_faces(max_faces, settings.max_faces)
-        deadline = asyncio.get_running_loop().time() + settings.request_timeout_s
-        prediction = await service.predict(data, parse_boxes(boxes, limit), limit, deadline)
-    finally:
-        await service.stop()
-    return to_response(prediction, service.predictor.engine).model_dump_json(indent=2), render_png(prediction)
+def find_photos(inputs: list[str], recursive: bool) -> tuple[list[Path], list[str]]:
+    """Photos named by files, folders and globs, in the order given (folders sorted), and inputs that named
+    nothing."""
+    photos: list[Path] = []
+    missing: list[str] = []
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            found = path.rglob("*") if recursive else path.iterdir()
+            photos += sorted(p for p in found if p.is_file() and p.suffix.lower() in PHOTO_SUFFIXES)
+        elif path.exists():
+            photos.append(path)
+        elif matches := sorted(glob.glob(item, recursive=recursive)):
+            photos += [Path(m) for m in matches if Path(m).is_file()]
+        else:
+            missing.append(item)
+    return list(dict.fromkeys(photos)), missing
+
+
+def write_pts_files(photo: Path, prediction: Prediction) -> list[Path]:
+    """One 300-W ``.pts`` per face beside the photo; an existing file is left alone (ValueError names it)."""
+    written = []
+    for k, face in enumerate(prediction.faces):
+        target = photo.with_name(f"{photo.stem}{'' if k == 0 else f'_{k}'}.pts")
+        try:
+            with target.open("x") as fh:
+                fh.write(format_pts(face.landmarks.points))
+        except FileExistsError:
+            raise ValueError(f"{target} exists; not overwritten") from None
+        written.append(target)
+    return written
+
+
+def unique(path: Path, taken: set[Path]) -> Path:
+    """``path``, or ``name_2.png``, ``name_3.png``, ... when this run already wrote it (same stem elsewhere)."""
+    candidate, n = path, 1
+    while candidate in taken:
+        n += 1
+        candidate = path.with_name(f"{path.stem}_{n}{path.suffix}")
+    return candidate
+
+
+class Annotator:
+    """The pipeline and its engine for a command-line run; :meth:`run` annotates photos in groups."""
+
+    def __init__(self, settings: Settings, engine: Engine, faces: list[FaceBox] | None, max_faces: int) -> None:
+        self.settings = settings
+        self.engine = engine
+        self.pipeline = Pipeline(settings.pipeline_options(), engine.config.input_size, build_detector(settings))
+        self.faces = faces
+        self.max_faces = max_faces
+
+    def decode(self, photo: Path) -> tuple[Image, float]:
+        t0 = time.perf_counter()
+        image = decode_image(photo.read_bytes(), self.settings.max_image_pixels)
+        return image, 1000 * (time.perf_counter() - t0)
+
+    def run(self, photos: list[Path]) -> Iterator[tuple[Path, Prediction | str]]:
+        """Each photo with its prediction, or with the one-line reason it was skipped."""
+        for start in range(0, len(photos), PHOTOS_PER_BATCH):
+            group = photos[start : start + PHOTOS_PER_BATCH]
+            decoded: list[tuple[Path, Image, float]] = []
+            for photo in group:
+                try:
+                    decoded.append((photo, *self.decode(photo)))
+                except ServiceError as exc:
+                    yield photo, f"{exc.code}: {exc.detail}"
+                except OSError as exc:
+                    yield photo, f"unreadable: {exc.strerror or exc}"
+            results = self.pipeline.run_many(
+                [(image, self.faces) for _, image, _ in decoded],
+                self.engine.infer,
+                self.settings.max_batch_size,
+                self.max_faces,
+            )
+            for (photo, image, decode_ms), result in zip(decoded, results, strict=True):
+                timings = {"decode": round(decode_ms, 3), **{k: round(v, 3) for k, v in result.timings_ms.items()}}
+                yield photo, Prediction(image, result.faces, timings)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("image", type=Path)
-    parser.add_argument("--out", type=Path, help="write the annotated PNG here")
-    parser.add_argument("--json", type=Path, help="write the JSON response here (default: print it)")
-    parser.add_argument("--boxes", help="JSON array of [x1, y1, x2, y2] face boxes; skips detection")
-    parser.add_argument("--max-faces", help="most faces to return")
+    parser.add_argument("inputs", nargs="+", help="photos, folders or globs (quote globs for ** with --recursive)")
+    parser.add_argument("--jsonl", type=Path, help="write the JSON lines here (default: standard output)")
+    parser.add_argument("--pts", action="store_true", help="write a 300-W .pts beside each photo, one per face")
+    parser.add_argument("--render", type=Path, metavar="DIR", help="write a preview PNG per photo into DIR")
+    parser.add_argument("--out", type=Path, help="the preview PNG of a single photo")
+    parser.add_argument("--recursive", action="store_true", help="search folders' sub-folders too")
+    parser.add_argument("--boxes", help="JSON array of [x1, y1, x2, y2] face boxes for every photo; skips detection")
+    parser.add_argument("--max-faces", help="most faces per photo")
     parser.add_argument("--checkpoint", type=Path, help="overrides LANDMARKS_CHECKPOINT")
     parser.add_argument("--device", help="overrides LANDMARKS_DEVICE")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar (it shows on a terminal only)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
-    overrides = {k: v for k, v in {"checkpoint": args.checkpoint, "device": args.device}.items() if v is not None}
-    settings = Settings(**overrides, warmup_batches=0)
-    try:
-        data = args.image.read_bytes()
-        text, png = asyncio.run(_predict(settings, data, args.boxes, args.max_faces))
-    except OSError as exc:
-        print(f"error: cannot read {args.image}: {exc.strerror}", file=sys.stderr)
+    photos, missing = find_photos(args.inputs, args.recursive)
+    for item in missing:
+        print(f"error: {item}: no such file, folder or matching path", file=sys.stderr)
+    if not photos:
+        print("error: no photo to annotate", file=sys.stderr)
         return 2
+    if args.out and len(photos) > 1:
+        print("error: --out is for a single photo; use --render DIR for several", file=sys.stderr)
+        return 2
+    overrides = {k: v for k, v in {"checkpoint": args.checkpoint, "device": args.device}.items() if v is not None}
+    try:
+        settings = Settings(**overrides)
+        max_faces = parse_max_faces(args.max_faces, settings.max_faces)
+        boxes = parse_boxes(args.boxes, max_faces)
+        engine = load_engine(settings)
+        annotator = Annotator(settings, engine, None if boxes is None else caller_faces(boxes), max_faces)
     except ServiceError as exc:
         print(f"error: {exc.code}: {exc.detail}", file=sys.stderr)
         return 2
-    except CheckpointError as exc:
+    except (CheckpointError, DetectorError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 3
-    if args.out:
-        args.out.write_bytes(png)
-    if args.json:
-        args.json.write_text(text)
-    else:
-        print(text)
-    faces = len(json.loads(text)["faces"])
-    print(f"{faces} face(s){f'; picture in {args.out}' if args.out else ''}", file=sys.stderr)
-    return 0
+    if args.render:
+        args.render.mkdir(parents=True, exist_ok=True)
+    out: TextIO = args.jsonl.open("w") if args.jsonl else sys.stdout
+    failed = faces = 0
+    rendered: set[Path] = set()
+    show = not args.no_progress and sys.stderr.isatty() and len(photos) > 1
+    try:
+        with tqdm(total=len(photos), unit="photo", disable=not show, dynamic_ncols=True) as bar:
+            for photo, outcome in annotator.run(photos):
+                bar.update()
+                if isinstance(outcome, str):
+                    failed += 1
+                    code, _, detail = outcome.partition(": ")
+                    out.write(json.dumps({"path": str(photo), "error": code, "detail": detail}) + "\n")
+                    tqdm.write(f"skipped {photo}: {outcome}", file=sys.stderr)
+                    continue
+                faces += len(outcome.faces)
+                body = to_response(outcome, engine).model_dump(mode="json")
+                out.write(json.dumps({"path": str(photo), **body}) + "\n")
+                if args.pts:
+                    try:
+                        write_pts_files(photo, outcome)
+                    except ValueError as exc:
+                        tqdm.write(f"warning: {exc}", file=sys.stderr)
+                if args.render or args.out:
+                    target = args.out or unique(args.render / f"{photo.stem}.png", rendered)
+                    target.write_bytes(render_png(outcome))
+                    rendered.add(target)
+    finally:
+        if args.jsonl:
+            out.close()
+    done = len(photos) - failed
+    print(f"{done} photo(s), {faces} face(s); {failed} skipped", file=sys.stderr)
+    return 1 if failed or missing else 0
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""FastAPI dependencies: the settings, the metrics and the service, taken from the app that owns them."""
+"""FastAPI dependencies: the metrics and the service, taken from the app that owns them."""
 
 from __future__ import annotations
 
@@ -9,12 +9,6 @@ from fastapi import Depends, Request
 from app.errors import not_ready
 from app.metrics import Metrics
 from app.service import LandmarkService
-from app.settings import Settings
-
-
-def get_settings(request: Request) -> Settings:
-    settings: Settings = request.app.state.settings
-    return settings
 
 
 def get_metrics(request: Request) -> Metrics:
@@ -29,6 +23,5 @@ def get_service(request: Request) -> LandmarkService:
     return service
 
 
-SettingsDep = Annotated[Settings, Depends(get_settings)]
 MetricsDep = Annotated[Metrics, Depends(get_metrics)]
 ServiceDep = Annotated[LandmarkService, Depends(get_service)]

@@ -33,3 +33,8 @@ def not_ready(detail: str = "the model is loading or warming up") -> ServiceErro
 def draining(detail: str = "the server is shutting down") -> ServiceError:
     """503 once SIGTERM has arrived: accepted requests finish, new ones go elsewhere."""
     return unavailable("draining", detail, retry_after_s=5)
+
+
+def deadline_exceeded() -> ServiceError:
+    """504 once a request passes ``LANDMARKS_REQUEST_TIMEOUT_S`` (upload, queue or inference)."""
+    return ServiceError(504, "deadline_exceeded", "the request passed its deadline", reason="timeout")

@@ -28,6 +28,23 @@ class Lifecycle:
         self._idle = asyncio.Event()
         self._idle.set()
 
+    def mark_ready(self) -> bool:
+        """starting -> ready (once warmed up); False when a drain began first."""
+        if self.state != "starting":
+            return False
+        self.state = "ready"
+        return True
+
+    def begin_drain(self) -> bool:
+        """Refuse new requests from this instant; False when already draining or closed."""
+        if self.draining:
+            return False
+        self.state = "draining"
+        return True
+
+    def close(self) -> None:
+        self.state = "closed"
+
     @property
     def ready(self) -> bool:
         return self.state == "ready"

@@ -34,11 +34,11 @@ from app.http import HeadLimits
 from app.metrics import Metrics
 from app.middleware import RequestContext
 from app.routes import landmarks, ops
-from app.service import LandmarkService, load_service
+from app.service import EngineLoader, LandmarkService, load_engine, load_service
 from app.settings import Settings
 from model.checkpoint import CheckpointError, load_checkpoint
 from model.detector import DetectorError, YuNetDetector
-from model.inference import resolve_device
+from model.inference import resolve_device, resolve_precision
 
 log = logging.getLogger("app")
 
@@ -95,7 +95,7 @@ def _watch_sigterm(app: FastAPI, service: LandmarkService) -> None:
 
     def on_sigterm() -> None:
         if not service.draining:
-            service.lifecycle.state = "draining"  # refuse from this instant; the task drains
+            service.begin_drain()  # refuse from this instant; the task drains
             loop.create_task(drain_then_exit())
 
     try:
@@ -121,8 +121,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
     log.info("settings: %s", settings.model_dump_json())
     _share_cores(settings)
     # Load and check the checkpoint now: a missing, corrupt or mismatched file stops the start right here.
-    service = await load_service(settings, metrics)
-    engine = service.predictor.engine
+    service = await load_service(settings, metrics, app.state.loader)
+    engine = service.engine
     metrics.model_info.labels(
         engine.name,
         engine.version,
@@ -171,17 +171,22 @@ def startup_problem(settings: Settings) -> str | None:
         device = resolve_device(settings.device)
     except (ValueError, RuntimeError) as exc:
         return f"LANDMARKS_DEVICE={settings.device}: {exc}"
-    if settings.precision == "fp16" and device.type != "cuda":
-        return f"LANDMARKS_PRECISION=fp16 needs CUDA, and the device is {device}; use bf16 or fp32 on CPU"
     try:
-        YuNetDetector(max_side=settings.detector_max_side)
+        resolve_precision(settings.precision, device)
+    except ValueError as exc:
+        return f"LANDMARKS_PRECISION={settings.precision}: {exc}"
+    try:
+        YuNetDetector.from_options(settings.pipeline_options().detector)
     except DetectorError as exc:
         return str(exc)
     return None
 
 
-def create_app(settings: Settings | None = None, handle_signals: bool = True) -> FastAPI:
-    """Build the service. Without ``settings`` they are read from ``LANDMARKS_*`` (a bad value exits with a message)."""
+def create_app(
+    settings: Settings | None = None, handle_signals: bool = True, loader: EngineLoader = load_engine
+) -> FastAPI:
+    """Build the service. Without ``settings`` they are read from ``LANDMARKS_*`` (a bad value exits with a message).
+    ``loader`` builds the engine from the settings (the checkpoint on torch; benchmarks pass a stand-in)."""
     if settings is None:  # the server's path (uvicorn, or each worker process of dsc-landmarks-serve)
         _configure_logging()
         try:
@@ -209,6 +214,7 @@ def create_app(settings: Settings | None = None, handle_signals: bool = True) ->
     app.state.settings = settings
     app.state.metrics = metrics
     app.state.handle_signals = handle_signals
+    app.state.loader = loader
     app.include_router(landmarks.router)
     app.include_router(ops.router)
     _install_docs(app)
@@ -230,7 +236,7 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(name)
 
 
-def run(argv: list[str] | None = None) -> None:
+def run(argv: list[str] | None = None, loader: EngineLoader = load_engine) -> None:
     """Console script: ``dsc-landmarks-serve [--host H] [--port P]`` — uvicorn with the connection guards of
     :mod:`app.http`, and ``LANDMARKS_WORKERS`` processes (each with its model copy and batcher; metrics in
     prometheus_client's multi-process mode, summed over the workers)."""
@@ -246,7 +252,7 @@ def run(argv: list[str] | None = None) -> None:
     parser.add_argument("--timeout-graceful-shutdown", type=float, default=30.0, help="after the drain, seconds")
     args = parser.parse_args(argv)
     _configure_logging()
-    app = create_app()  # validates the settings and checks the checkpoint before any worker starts
+    app = create_app(loader=loader)  # validates the settings and checks the checkpoint before any worker starts
     settings: Settings = app.state.settings
     common: dict[str, Any] = {
         "host": args.host,
@@ -264,6 +270,8 @@ def run(argv: list[str] | None = None) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     for stale in folder.glob("*.db"):  # values of an earlier run would be summed in
         stale.unlink()
+    if loader is not load_engine:
+        sys.exit("LANDMARKS_WORKERS > 1 serves the checkpoint itself (the workers build their own app)")
     uvicorn.run("app.main:create_app", factory=True, workers=settings.workers, **common)
 
 

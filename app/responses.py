@@ -2,23 +2,36 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import numpy as np
+from numpy.typing import NDArray
 
 from app.imaging import encode_png
 from app.schemas import Face, ImageInfo, LandmarksResponse, ModelInfo
-from app.service import Prediction
-from model.inference import InferenceModel
+from model.pipeline import Engine
+from model.pipeline import Face as PipelineFace
 from model.render import draw_landmarks
 
 
-def to_response(prediction: Prediction, engine: InferenceModel) -> LandmarksResponse:
+@dataclass
+class Prediction:
+    """Everything an answer needs: the decoded image (for rendering), faces, timings and batch sizes."""
+
+    image: NDArray[np.uint8]
+    faces: list[PipelineFace]
+    timings_ms: dict[str, float]
+    batch_sizes: list[int] = field(default_factory=list)
+
+
+def to_response(prediction: Prediction, engine: Engine) -> LandmarksResponse:
     faces = [
         Face(
             box=[round(float(v), 3) for v in f.box],
             detection_score=None if f.detection_score is None else round(f.detection_score, 4),
-            landmarks=np.round(f.points, 3).tolist(),
-            confidence=np.round(f.confidence, 4).tolist(),
-            score=round(float(np.mean(f.confidence)), 4),
+            landmarks=np.round(f.landmarks.points, 3).tolist(),
+            confidence=np.round(f.landmarks.confidence, 4).tolist(),
+            score=round(float(np.mean(f.landmarks.confidence)), 4),
         )
         for f in prediction.faces
     ]
@@ -39,5 +52,5 @@ def render_png(prediction: Prediction) -> bytes:
     """The image with every face's landmarks drawn, coloured by confidence, as PNG bytes."""
     image = prediction.image
     for face in prediction.faces:
-        image = draw_landmarks(image, face.points, face.confidence, box=np.asarray(face.box))
+        image = draw_landmarks(image, face.landmarks.points, face.landmarks.confidence, box=np.asarray(face.box))
     return encode_png(image)

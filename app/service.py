@@ -1,19 +1,17 @@
-"""The request pipeline: decode -> detect (or caller boxes) -> affine crop -> batcher -> inverse map -> faces."""
+"""One process's service: decode the upload, run the :class:`model.pipeline.Pipeline` with the batcher as its
+network, answer; plus the lifecycle (warm-up, ready, drain) and the pre-processing pool."""
 
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import os
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from typing import TypeVar
 
 import numpy as np
-from numpy.typing import NDArray
 
 from app.batcher import Batcher, BatchInfo, inference_thread
 from app.errors import ServiceError
@@ -21,52 +19,36 @@ from app.imaging import PixelBudget, decode_image
 from app.lifecycle import Lifecycle
 from app.memory import malloc_trim, return_memory_when_idle
 from app.metrics import Metrics
-from app.predictor import CropJob, FaceResult, Predictor
+from app.responses import Prediction
 from app.settings import Settings
-from model.detector import Detection, YuNetDetector
+from model.checkpoint import load_for_inference
+from model.detector import YuNetDetector
 from model.geometry import Box
-from model.pipeline import Framing, face_crop, refine
+from model.pipeline import Crop, Detector, Engine, Landmarks, Pipeline, caller_faces
 
 log = logging.getLogger("app")
 
 T = TypeVar("T")
 
 
-@dataclass
-class FaceOut:
-    box: Box
-    detection_score: float | None
-    points: NDArray[np.float64]
-    confidence: NDArray[np.float64]
-
-
-@dataclass
-class Prediction:
-    """Everything a route needs to answer: the decoded image (for rendering), faces, timings and batch sizes."""
-
-    image: NDArray[np.uint8]
-    faces: list[FaceOut]
-    timings_ms: dict[str, float]
-    batch_sizes: list[int] = field(default_factory=list)
-
-
 class LandmarkService:
-    """Owns the predictor, the detector, the batcher and the pre-processing pool for one process."""
+    """HTTP lifecycle and batching for one process: the :class:`model.pipeline.Pipeline` runs each request, its
+    ``infer`` is the batcher (one inference thread owns the engine), its CPU steps run in a pre-processing pool."""
 
     def __init__(
         self,
         settings: Settings,
-        predictor: Predictor,
-        detector: Callable[[NDArray[np.uint8]], list[Detection]],
+        engine: Engine,
+        detector: Detector,
         metrics: Metrics,
         worker: ThreadPoolExecutor | None = None,
     ) -> None:
         self.settings = settings
-        self.predictor = predictor
-        self.detector = detector
+        self.engine = engine
         self.metrics = metrics
-        self.batcher: Batcher[CropJob, FaceResult] = Batcher(
-            predictor.run_batch,
+        self.pipeline = Pipeline(settings.pipeline_options(), engine.config.input_size, detector)
+        self.batcher: Batcher[Crop, Landmarks] = Batcher(
+            engine.infer,
             settings.max_batch_size,
             settings.max_wait_ms / 1000.0,
             settings.queue_size,
@@ -85,16 +67,20 @@ class LandmarkService:
         began = time.perf_counter()
         sizes = [1, self.settings.max_batch_size][: self.settings.warmup_batches]
         if sizes:
-            await self.batcher.call_in_worker(lambda: self.predictor.warmup(sizes))
+            await self.batcher.call_in_worker(lambda: self.engine.warmup(sizes))
         trim = malloc_trim()
         if trim is not None:
             await asyncio.to_thread(trim)  # what loading and warming up freed; the loop keeps answering probes
-        if self.lifecycle.state == "starting":
-            self.lifecycle.state = "ready"
+        if self.lifecycle.mark_ready():
             self.metrics.ready.set(1)
             log.info("process %d ready (warm-up %.1f s)", os.getpid(), time.perf_counter() - began)
             if trim is not None:
                 self._trimmer = asyncio.create_task(return_memory_when_idle(self.lifecycle, trim))
+
+    def begin_drain(self) -> None:
+        """Turn not-ready and refuse new requests from this instant (SIGTERM); :meth:`stop` finishes the drain."""
+        self.lifecycle.begin_drain()
+        self.metrics.ready.set(0)
 
     async def stop(self) -> bool:
         """Refuse new requests, let every accepted one finish (within the drain timeout), release the threads.
@@ -102,15 +88,14 @@ class LandmarkService:
         Accepted requests keep the batcher and the pre-processing pool until they have their answer (a detected
         face's second pass submits after the first), so those close only once the requests are done.
         """
-        self.lifecycle.state = "draining"
-        self.metrics.ready.set(0)
+        self.begin_drain()
         if self._trimmer is not None:
             self._trimmer.cancel()
         deadline = time.monotonic() + self.settings.drain_timeout_s
         idle = await self.lifecycle.wait_idle(deadline)
         finished = await self.batcher.drain(max(0.0, deadline - time.monotonic())) and idle
         self._pool.shutdown(wait=False, cancel_futures=True)
-        self.lifecycle.state = "closed"
+        self.lifecycle.close()
         return finished
 
     @property
@@ -124,93 +109,50 @@ class LandmarkService:
     async def _off_loop(self, fn: Callable[[], T]) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._pool, fn)
 
-    def _crop(self, image: NDArray[np.uint8], framing: Framing) -> CropJob:
-        crop, inverse = face_crop(image, framing, self.predictor.input_size)
-        return CropJob(crop, inverse)
-
-    async def _landmarks(
-        self, image: NDArray[np.uint8], framings: list[Framing], deadline: float
-    ) -> tuple[list[FaceResult], list[BatchInfo], float]:
-        start = time.perf_counter()
-        jobs = await self._off_loop(lambda: [self._crop(image, f) for f in framings])
-        crop_ms = 1000 * (time.perf_counter() - start)
-        served = await self.batcher.submit(jobs, deadline)
-        return [r for r, _ in served], [info for _, info in served], crop_ms
-
-    async def predict(self, data: bytes, boxes: list[Box] | None, max_faces: int, deadline: float) -> Prediction:
-        """Run the whole pipeline for one uploaded image (the route has accepted the request already), holding
-        its decoded pixels against ``LANDMARKS_MAX_PIXELS_IN_FLIGHT`` until it is done."""
+    async def landmarks(self, data: bytes, boxes: list[Box] | None, max_faces: int, deadline: float) -> Prediction:
+        """One uploaded image through the pipeline (the route has accepted the request already), holding its
+        decoded pixels against ``LANDMARKS_MAX_PIXELS_IN_FLIGHT`` until it is done."""
         with self.pixels.hold() as reserve:
-            return await self._predict(data, boxes, max_faces, deadline, reserve)
+            t0 = time.perf_counter()
+            image = await self._off_loop(lambda: decode_image(data, self.settings.max_image_pixels, reserve))
+            decode_ms = 1000 * (time.perf_counter() - t0)
+            if boxes is not None:
+                check_boxes(boxes, image.shape[1], image.shape[0])
+            infos: list[BatchInfo] = []
 
-    async def _predict(
-        self,
-        data: bytes,
-        boxes: list[Box] | None,
-        max_faces: int,
-        deadline: float,
-        reserve: Callable[[int], None],
-    ) -> Prediction:
-        t0 = time.perf_counter()
-        image = await self._off_loop(lambda: decode_image(data, self.settings.max_image_pixels, reserve))
-        timings = {"decode": 1000 * (time.perf_counter() - t0)}
-        scores: list[float | None]
-        if boxes is None:
-            t1 = time.perf_counter()
-            detections = (await self._off_loop(lambda: self.detector(image)))[:max_faces]
-            timings["detect"] = 1000 * (time.perf_counter() - t1)
-            framings = [Framing(d.box) for d in detections]
-            scores = [d.score for d in detections]
-        else:
-            check_boxes(boxes, image.shape[1], image.shape[0])
-            framings = [Framing(b) for b in boxes]
-            scores = [None] * len(boxes)
-        faces: list[FaceOut] = []
-        infos: list[BatchInfo] = []
-        timings["crop"] = 0.0
-        if framings:
-            results, infos, crop_ms = await self._landmarks(image, framings, deadline)
-            timings["crop"] = crop_ms
-            if self.settings.second_pass and scores and scores[0] is not None:
-                framings = [refine(r.points, aligned=False) for r in results]
-                results, more, crop_ms = await self._landmarks(image, framings, deadline)
-                infos += more
-                timings["crop"] += crop_ms
-            faces = [
-                FaceOut(f.box, s, r.points, r.confidence) for f, s, r in zip(framings, scores, results, strict=True)
-            ]
+            async def infer(crops: list[Crop]) -> list[Landmarks]:
+                served = await self.batcher.submit(crops, deadline)
+                infos.extend(info for _, info in served)
+                return [landmarks for landmarks, _ in served]
+
+            faces = None if boxes is None else caller_faces(boxes)
+            result = await self.pipeline.run_async(image, infer, self._off_loop, faces, max_faces)
+        timings = {"decode": decode_ms, "crop": 0.0, **result.timings_ms}
         timings["queue_wait"] = 1000 * max((i.queue_wait_s for i in infos), default=0.0)
         timings["inference"] = 1000 * max((i.inference_s for i in infos), default=0.0)
         timings["total"] = 1000 * (time.perf_counter() - t0)
-        self.metrics.faces.inc(len(faces))
-        return Prediction(image, faces, {k: round(v, 3) for k, v in timings.items()}, [i.size for i in infos])
+        self.metrics.faces.inc(len(result.faces))
+        return Prediction(image, result.faces, {k: round(v, 3) for k, v in timings.items()}, [i.size for i in infos])
 
 
-async def load_service(settings: Settings, metrics: Metrics) -> LandmarkService:
-    """Load the checkpoint on the inference thread (where it will run) and build the service around it."""
+EngineLoader = Callable[[Settings], Engine]
+
+
+def load_engine(settings: Settings) -> Engine:
+    """The served checkpoint as the torch engine, with the settings' device, precision, batch size and graphs."""
+    return load_for_inference(settings.checkpoint, settings.pipeline_options())
+
+
+async def load_service(settings: Settings, metrics: Metrics, loader: EngineLoader = load_engine) -> LandmarkService:
+    """Load the engine on the inference thread (where it will run) and build the service around it."""
     worker = inference_thread()
-    load = functools.partial(
-        Predictor.load,
-        str(settings.checkpoint),
-        settings.device,
-        settings.precision,
-        settings.flip_test,
-        settings.cuda_graphs,
-        settings.max_batch_size,
-        settings.network_stand_in,
-    )
-    predictor = await asyncio.get_running_loop().run_in_executor(worker, load)
-    return LandmarkService(settings, predictor, build_detector(settings), metrics, worker)
+    engine = await asyncio.get_running_loop().run_in_executor(worker, loader, settings)
+    return LandmarkService(settings, engine, build_detector(settings), metrics, worker)
 
 
 def build_detector(settings: Settings) -> YuNetDetector:
     """YuNet with the ``LANDMARKS_DETECTOR_*`` settings (loads and checks the model file now, not per request)."""
-    return YuNetDetector(
-        max_side=settings.detector_max_side,
-        score_threshold=settings.detector_score_threshold,
-        nms_threshold=settings.detector_nms_threshold,
-        min_face_px=settings.detector_min_face_px,
-    )
+    return YuNetDetector.from_options(settings.pipeline_options().detector)
 
 
 MAX_BOX_FACTOR = 4  # a face box may overhang the photo (a tight close-up), not dwarf it

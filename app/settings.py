@@ -9,6 +9,8 @@ from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from model.checkpoint import SHIPPED_CHECKPOINT
+from model.detector import DetectorOptions
+from model.pipeline import PipelineOptions
 
 
 class Settings(BaseSettings):
@@ -57,6 +59,11 @@ class Settings(BaseSettings):
         True, description="re-crop detected faces from the first pass's landmarks and run again (caller boxes: never)"
     )
     flip_test: bool = Field(False, description="also run each face mirrored and average (2x compute)")
+    align: bool = Field(
+        False,
+        description="rotate detected faces' crops upright: the first on YuNet's eye line, the second pass on the "
+        "first pass's eyes (caller boxes: never rotated)",
+    )
     cuda_graphs: bool = Field(
         True, description="on CUDA, replay one captured CUDA graph per power-of-two batch size (ignored on CPU)"
     )
@@ -69,11 +76,6 @@ class Settings(BaseSettings):
     max_header_bytes: int = Field(16_384, ge=1024, le=1_048_576, description="request line + headers, else 431")
     max_headers: int = Field(100, ge=10, le=10_000, description="header fields per request, else 431")
     keep_alive_s: int = Field(5, ge=1, le=600, description="idle seconds before a kept-alive connection closes")
-    network_stand_in: bool = Field(
-        False,
-        description="benchmarks only: replace the network by a zero-cost stand-in to measure the front end; "
-        "answers are meaningless",
-    )
     warmup_batches: int = Field(2, ge=0, le=100, description="forwards before /health/ready turns 200")
     drain_timeout_s: float = Field(20.0, ge=0, le=600, description="on SIGTERM, time to finish queued work")
 
@@ -90,6 +92,24 @@ class Settings(BaseSettings):
                 f"LANDMARKS_MAX_IMAGE_PIXELS ({self.max_image_pixels}), or an image under the limit could never run"
             )
         return self
+
+    def pipeline_options(self) -> PipelineOptions:
+        """The settings that decide how a photo becomes landmarks, as the pipeline's one options object."""
+        return PipelineOptions(
+            device=self.device,
+            precision=self.precision,
+            max_batch_size=self.max_batch_size,
+            cuda_graphs=self.cuda_graphs,
+            flip_test=self.flip_test,
+            second_pass=self.second_pass,
+            align=self.align,
+            detector=DetectorOptions(
+                max_side=self.detector_max_side,
+                score_threshold=self.detector_score_threshold,
+                nms_threshold=self.detector_nms_threshold,
+                min_face_px=self.detector_min_face_px,
+            ),
+        )
 
     @field_validator("device")
     @classmethod

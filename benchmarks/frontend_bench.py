@@ -2,8 +2,8 @@
 
     python -m benchmarks.frontend_bench [--clients 1,8,32] [--seconds 10] [--out FILE]
 
-The service runs unchanged on the shipped checkpoint except that ``LANDMARKS_NETWORK_STAND_IN`` puts
-:class:`model.network.StandInNet` in the network's place: constant heatmaps of the same shape (68 × 32²) at no
+The service runs unchanged on the shipped checkpoint except that :mod:`benchmarks.stand_in` puts its
+:class:`~benchmarks.stand_in.StandInNet` in the network's place: constant heatmaps of the same shape (68 × 32²) at no
 cost, decoded, mapped back and answered as usual. So what it measures is the front end a GPU would have to be
 fed by. Load from wrk on the same machine (`apt-get install wrk`), 64 AFLW2000-3D
 val photos, with caller boxes (decode + crop + one pass) and without (decode + YuNet + two passes). Reported per
@@ -47,9 +47,9 @@ def main(args: argparse.Namespace) -> str:
             settings = {
                 "preprocess_threads": str(args.preprocess_threads),
                 "torch_threads": "1",
-                "network_stand_in": "true",
             }
-            with running_server(SHIPPED_CHECKPOINT, folder / f"server-{bodies.name}.log", **settings) as (base, proc):
+            log = folder / f"server-{bodies.name}.log"
+            with running_server(SHIPPED_CHECKPOINT, log, "benchmarks.stand_in", **settings) as (base, proc):
                 for clients in levels:
                     warm_up(base, bodies, count)
                     before = tree_cpu_seconds(proc.pid)

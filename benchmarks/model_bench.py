@@ -26,10 +26,10 @@ from torch.utils.flop_counter import FlopCounterMode
 from benchmarks.common import machine, table, timeit
 from model.codec import decode
 from model.config import ModelConfig, preset
-from model.inference import InferenceModel, cpu_supports_bf16
+from model.inference import InferenceModel, Precision, cpu_supports_bf16
 from model.network import LandmarkNet, build_model, normalize_input, to_channels_last
 
-MODES = {  # name: (precision, channels_last)
+MODES: dict[str, tuple[Precision, bool]] = {  # name: (precision, channels_last)
     "fp32": ("fp32", False),
     "fp32+cl": ("fp32", True),
     "bf16": ("bf16", False),
@@ -59,7 +59,9 @@ def engine_for(config: ModelConfig, mode: str) -> InferenceModel:
     net = build_model(config).eval()
     if channels_last:
         to_channels_last(net, refiner=True)
-    return InferenceModel(net, config, torch.device("cpu"), precision, channels_last)  # type: ignore[arg-type]
+    return InferenceModel(
+        net=net, config=config, device=torch.device("cpu"), precision=precision, channels_last=channels_last
+    )
 
 
 def random_batch(config: ModelConfig, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -96,6 +98,7 @@ def stage_costs(config: ModelConfig, mode: str, batch: int) -> list[tuple[str, f
     """Milliseconds per face of each stage at one batch size."""
     engine = engine_for(config, mode)
     net = engine.net
+    assert isinstance(net, LandmarkNet)
     x = normalize_input(random_batch(config, batch)[0])
     if engine.channels_last:
         x = x.contiguous(memory_format=torch.channels_last)

@@ -25,14 +25,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from benchmarks.common import machine, table
 from model.checkpoint import SHIPPED_CHECKPOINT, load_for_inference
 from model.detector import YuNetDetector, match_detection
 from model.geometry import as_box, box_from_points
 from model.inference import InferenceModel
-from model.pipeline import Framing, face_crop, refine
+from model.pipeline import FaceBox, Pipeline, PipelineOptions, caller_faces
 from training.datasets import Sample, load_image, load_samples
 from training.metrics import NORMALISERS, nme, summarise
 
@@ -95,13 +94,10 @@ def dlib_points(predictor: Any, image: np.ndarray, rect: Any) -> np.ndarray:
     return np.array([(shape.part(i).x, shape.part(i).y) for i in range(68)], dtype=np.float64)
 
 
-def our_points(engine: InferenceModel, image: np.ndarray, framing: Framing, second_pass: bool) -> np.ndarray:
-    """One face through the service's crop and, with ``second_pass``, its re-framing (``model.pipeline``)."""
-    for _ in range(2 if second_pass else 1):
-        crop, inverse = face_crop(image, framing, engine.config.input_size)
-        points = engine(torch.from_numpy(crop)[None], torch.from_numpy(inverse).float()[None]).points[0]
-        framing = refine(points.double().numpy(), aligned=False)
-    return np.asarray(points.double().numpy())
+def our_points(engine: InferenceModel, image: np.ndarray, face: FaceBox) -> np.ndarray:
+    """One face through the service's pipeline (a detected face gets the second pass, a given box does not)."""
+    pipeline = Pipeline(PipelineOptions(device="cpu", precision=engine.precision), engine.config.input_size)
+    return pipeline.run(image, engine.infer, [face]).faces[0].landmarks.points
 
 
 def summary(pred: np.ndarray, gt: np.ndarray, norm: np.ndarray) -> list[str]:
@@ -126,7 +122,7 @@ def compare(name: str, engine: InferenceModel, predictor: Any, hog: Any, yunet: 
     every = list(range(len(val)))
     pts, ms = timed(lambda i: dlib_points(predictor, images[i], to_dlib_rect(tight[i], framing)), len(val))
     row("dlib shape_predictor_68", "ground truth (mapped to dlib framing)", every, pts, ms)
-    pts, ms = timed(lambda i: our_points(engine, images[i], Framing(as_box(tight[i])), False), len(val))
+    pts, ms = timed(lambda i: our_points(engine, images[i], caller_faces([as_box(tight[i])])[0]), len(val))
     row(ours, "ground truth (tight box)", every, pts, ms)
 
     hog_found = {i: r for i in every for r in hog(images[i], 1)[:1] if centre_inside(r, tight[i])}
@@ -140,7 +136,7 @@ def compare(name: str, engine: InferenceModel, predictor: Any, hog: Any, yunet: 
             return dlib_points(predictor, images[d_idx[k]], hog_found[d_idx[k]])
 
         def run_ours(k: int, y_idx: list[int] = y_idx) -> np.ndarray:
-            return our_points(engine, images[y_idx[k]], Framing(yunet_found[y_idx[k]].box), True)
+            return our_points(engine, images[y_idx[k]], FaceBox(yunet_found[y_idx[k]].box, "detector"))
 
         pts, ms = timed(run_dlib, len(d_idx))
         row("dlib shape_predictor_68", "HOG: " + label.format(len(d_idx)), d_idx, pts, ms)
@@ -162,7 +158,7 @@ def main(args: argparse.Namespace) -> str:
 
     hog = dlib.get_frontal_face_detector()
     predictor = dlib.shape_predictor(str(dlib_model_path()))
-    engine = load_for_inference(args.checkpoint, "cpu", args.precision)
+    engine = load_for_inference(args.checkpoint, PipelineOptions(device="cpu", precision=args.precision))
     yunet = YuNetDetector()
     rows = [r for name in SETS for r in compare(name, engine, predictor, hog, yunet)]
     lines = [

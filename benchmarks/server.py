@@ -66,8 +66,11 @@ def http_status(url: str, timeout: float = 2.0) -> int:
 
 
 @contextlib.contextmanager
-def running_server(checkpoint: Path, log_path: Path, **settings: str) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
-    """Start the server as ``dsc-landmarks-serve`` does; wait until /health/ready is 200; yield (base URL, process)."""
+def running_server(
+    checkpoint: Path, log_path: Path, module: str = "app.main", **settings: str
+) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """Start the server as ``dsc-landmarks-serve`` does (``module``: ``benchmarks.stand_in`` for the network
+    stand-in); wait until /health/ready is 200; yield (base URL, process)."""
     port = free_port()
     env = {
         **os.environ,
@@ -78,7 +81,7 @@ def running_server(checkpoint: Path, log_path: Path, **settings: str) -> Iterato
     }
     log = log_path.open("wb")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "app.main", "--host", "127.0.0.1", "--port", str(port)],
+        [sys.executable, "-m", module, "--host", "127.0.0.1", "--port", str(port)],
         cwd=ROOT,
         env=env,
         stdout=log,

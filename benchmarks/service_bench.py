@@ -24,6 +24,7 @@ import torch
 from benchmarks.common import machine, table, timeit
 from benchmarks.server import running_server
 from model.checkpoint import SHIPPED_CHECKPOINT, load_for_inference
+from model.pipeline import PipelineOptions
 from training.datasets import read_aflw2000
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "aflw2000-3d"
@@ -129,13 +130,8 @@ def peak_rss_mb(pid: int) -> float:
 def raw_throughput(checkpoint: Path, precision: str, batch: int, device: str = "cpu", max_batch: int = 64) -> float:
     """Faces/s of the engine as the service runs it (CUDA graphs up to ``max_batch`` on CUDA, crops from host memory,
     results back on the host, which synchronises each call)."""
-    engine = load_for_inference(
-        checkpoint,
-        device,
-        precision,  # type: ignore[arg-type]
-        cuda_graphs=device.startswith("cuda"),
-        max_batch_size=max_batch,
-    )
+    options = PipelineOptions(device=device, precision=precision, max_batch_size=max_batch)
+    engine = load_for_inference(checkpoint, options)
     size = engine.config.input_size
     crops = torch.randint(0, 255, (batch, size, size, 3), dtype=torch.uint8)
     inverse = torch.eye(2, 3).expand(batch, 2, 3).contiguous()

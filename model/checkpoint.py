@@ -21,8 +21,9 @@ import torch
 
 from model.codec import CONFIDENCE_SCORE, Calibration
 from model.config import ModelConfig
-from model.inference import InferenceModel, Precision, prepare
+from model.inference import InferenceModel, prepare
 from model.network import LandmarkNet, build_model
+from model.pipeline import PipelineOptions
 
 FORMAT = "dsc-landmarks/1"
 SHIPPED_CHECKPOINT = Path(__file__).resolve().parent / "weights" / "dsc_landmarks_cpu.pt"  # what the service serves
@@ -122,21 +123,10 @@ def calibration_from_metadata(metadata: dict[str, Any]) -> Calibration | None:
 
 
 def load_for_inference(
-    path: str | Path,
-    device: str | torch.device = "auto",
-    precision: Precision = "fp32",
-    channels_last: bool | None = None,
-    expected: ModelConfig | None = None,
-    flip_test: bool = False,
-    cuda_graphs: bool = False,
-    max_batch_size: int = 64,
+    path: str | Path, options: PipelineOptions | None = None, expected: ModelConfig | None = None
 ) -> InferenceModel:
-    """Load a checkpoint for serving: eval mode, on CUDA when available (``auto``), calibration applied.
-
-    ``cuda_graphs`` replays captured CUDA graphs (one per power-of-two batch up to ``max_batch_size``) on CUDA.
-    """
+    """Load a checkpoint for serving: eval mode, on the options' device and precision (defaults: CUDA when
+    available, its precision), calibration applied, CUDA graphs on CUDA when the options say so."""
     net, config, metadata = load_checkpoint(path, expected)
     calibration = calibration_from_metadata(metadata)
-    return prepare(
-        net, config, device, precision, channels_last, calibration, metadata, flip_test, cuda_graphs, max_batch_size
-    )
+    return prepare(net, config, options or PipelineOptions(), calibration, metadata)

@@ -13,7 +13,6 @@ Faces are returned largest first (box area; ties by score), so ``max_faces`` kee
 from __future__ import annotations
 
 import hashlib
-import math
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +21,7 @@ import cv2
 import numpy as np
 from numpy.typing import NDArray
 
-from model.geometry import Box
+from model.geometry import Box, line_roll
 
 YUNET_PATH = Path(__file__).resolve().parent / "weights" / "yunet" / "face_detection_yunet_2023mar.onnx"
 YUNET_SHA256 = "8f2383e4dd3cfbb4553ea8718107fc0423210dc964f9f4280604804ed2552fa4"
@@ -30,6 +29,16 @@ YUNET_SHA256 = "8f2383e4dd3cfbb4553ea8718107fc0423210dc964f9f4280604804ed2552fa4
 
 class DetectorError(RuntimeError):
     """The detector model is missing, altered or cannot be loaded; the message names the file."""
+
+
+@dataclass(frozen=True)
+class DetectorOptions:
+    """YuNet's settings (``LANDMARKS_DETECTOR_*``)."""
+
+    max_side: int = 640  # images are downscaled to this long side for detection
+    score_threshold: float = 0.5
+    nms_threshold: float = 0.3
+    min_face_px: float = 16.0  # shorter box side, original pixels
 
 
 @dataclass(frozen=True)
@@ -66,8 +75,7 @@ class Detection:
         """In-plane rotation of the face in degrees, from the eye line (0 upright; 0 without points)."""
         if len(self.points) < 2:
             return 0.0
-        (rx, ry), (lx, ly) = self.points[0], self.points[1]
-        return math.degrees(math.atan2(ly - ry, lx - rx))
+        return line_roll(np.asarray(self.points[0]), np.asarray(self.points[1]))
 
 
 def check_model(path: Path, sha256: str | None) -> None:
@@ -102,6 +110,10 @@ class YuNetDetector:
         self.box_map = box_map  # None: YuNet's own boxes (what training.fit_detector fits the map on)
         self._local = threading.local()
         self._net()  # fail at start, not on the first request
+
+    @classmethod
+    def from_options(cls, options: DetectorOptions) -> YuNetDetector:
+        return cls(options.max_side, options.score_threshold, options.nms_threshold, options.min_face_px)
 
     def _net(self) -> cv2.FaceDetectorYN:
         net = getattr(self._local, "net", None)

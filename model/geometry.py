@@ -18,23 +18,29 @@ A face *box* ``[x1, y1, x2, y2]`` is the tight box around the face's 68 points. 
 from __future__ import annotations
 
 import math
+from typing import Any, TypeVar
 
 import cv2
 import numpy as np
-import torch
 from numpy.typing import NDArray
-from torch import Tensor
 
 DEFAULT_MARGIN = 0.25
 
 FloatArray = NDArray[np.float64]
 Box = tuple[float, float, float, float]  # x1, y1, x2, y2 in image pixels
+T = TypeVar("T", bound=Any)  # a numpy array or a torch tensor: the two maps below are plain arithmetic
 
 
 def as_box(box: NDArray[np.floating]) -> Box:
     """A ``[x1, y1, x2, y2]`` array as the plain-float :data:`Box` tuple."""
     x1, y1, x2, y2 = (float(v) for v in box)
     return (x1, y1, x2, y2)
+
+
+def line_roll(start: NDArray[np.floating], end: NDArray[np.floating]) -> float:
+    """Angle in degrees of the line from ``start`` to ``end`` in image coordinates (y down: positive descends to the
+    right); from the right eye to the left eye, a face's roll."""
+    return math.degrees(math.atan2(float(end[1] - start[1]), float(end[0] - start[0])))
 
 
 def box_from_points(points: NDArray[np.floating]) -> FloatArray:
@@ -89,11 +95,6 @@ def transform_points(matrix: NDArray[np.floating], points: NDArray[np.floating])
     return pts @ np.asarray(matrix, dtype=np.float64)[:, :2].T + np.asarray(matrix, dtype=np.float64)[:, 2]
 
 
-def transform_points_torch(matrices: Tensor, points: Tensor) -> Tensor:
-    """Batched version on tensors: ``(N, 2, 3)`` matrices and ``(N, K, 2)`` points."""
-    return points @ matrices[:, :, :2].transpose(1, 2) + matrices[:, :, 2].unsqueeze(1)
-
-
 def warp(image: NDArray[np.uint8], matrix: NDArray[np.floating], output_size: int) -> NDArray[np.uint8]:
     """Resample ``image`` into the ``S x S`` crop (bilinear, black outside the image)."""
     crop = cv2.warpAffine(
@@ -107,23 +108,11 @@ def warp(image: NDArray[np.uint8], matrix: NDArray[np.floating], output_size: in
     return np.asarray(crop, dtype=np.uint8)
 
 
-def heatmap_to_crop(points: Tensor | FloatArray, stride: int) -> Tensor | FloatArray:
+def heatmap_to_crop(points: T, stride: int) -> T:
     """Heatmap pixel coordinates -> crop pixel coordinates (see the module docstring)."""
     return points * stride + (stride - 1) / 2
 
 
-def crop_to_heatmap(points: Tensor | FloatArray, stride: int) -> Tensor | FloatArray:
+def crop_to_heatmap(points: T, stride: int) -> T:
     """Crop pixel coordinates -> heatmap pixel coordinates."""
     return (points - (stride - 1) / 2) / stride
-
-
-def heatmap_to_image(points: Tensor, inverse_matrices: Tensor, stride: int) -> Tensor:
-    """Decoded heatmap points ``(N, K, 2)`` -> image pixels with the inverse crop matrices ``(N, 2, 3)``."""
-    crop_points = heatmap_to_crop(points.double(), stride)
-    assert isinstance(crop_points, Tensor)
-    return transform_points_torch(inverse_matrices.to(crop_points), crop_points).float()
-
-
-def as_tensor(matrices: list[FloatArray]) -> Tensor:
-    """Stack 2x3 matrices into an ``(N, 2, 3)`` float32 tensor."""
-    return torch.from_numpy(np.stack(matrices).astype(np.float32))

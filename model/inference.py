@@ -1,6 +1,8 @@
-"""Inference on a device: crops in, image-space landmarks and confidences out (network + codec + geometry).
+"""The torch engine: crops in, image-space landmarks and confidences out (network + codec + geometry).
 
-Used by the service's batcher and by ``training.evaluate``, so the decode path exists once.
+:meth:`InferenceModel.infer` is the ``infer`` callable of :class:`model.pipeline.Pipeline` (the service's batcher
+calls it on its inference thread), so the decode path exists once. :func:`resolve_runtime` is the one place that
+decides the device and the precision.
 """
 
 from __future__ import annotations
@@ -10,14 +12,16 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+import numpy as np
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from model.codec import Calibration, confidence, decode
 from model.config import ModelConfig
-from model.geometry import heatmap_to_image
+from model.geometry import heatmap_to_crop
 from model.landmarks import MIRROR
 from model.network import Heatmaps, LandmarkNet, normalize_input, to_channels_last
+from model.pipeline import Crop, Landmarks, PipelineOptions
 
 Precision = Literal["fp32", "bf16", "fp16"]
 
@@ -39,9 +43,40 @@ def cpu_supports_bf16() -> bool:
     return bool((probe is not None and probe()) or (amx is not None and amx()))
 
 
+def resolve_precision(precision: str, device: torch.device) -> Precision:
+    """``auto`` -> fp16 on CUDA, bf16 on CPUs with native bf16 dot products, else fp32; fp16 needs CUDA."""
+    if precision == "auto":
+        if device.type == "cuda":
+            return "fp16"
+        return "bf16" if cpu_supports_bf16() else "fp32"
+    if precision not in ("fp32", "bf16", "fp16"):
+        raise ValueError(f"precision must be auto, fp32, bf16 or fp16, got {precision!r}")
+    if precision == "fp16" and device.type != "cuda":
+        raise ValueError(f"fp16 needs CUDA, and the device is {device}; use bf16 or fp32 on CPU")
+    return precision  # type: ignore[return-value]
+
+
+def resolve_runtime(options: PipelineOptions) -> tuple[torch.device, Precision]:
+    """The device and precision the options ask for, checked against this machine (one place for both rules)."""
+    device = resolve_device(options.device)
+    return device, resolve_precision(options.precision, device)
+
+
+def transform_points_torch(matrices: Tensor, points: Tensor) -> Tensor:
+    """Batched affine on tensors: ``(N, 2, 3)`` matrices and ``(N, K, 2)`` points."""
+    return points @ matrices[:, :, :2].transpose(1, 2) + matrices[:, :, 2].unsqueeze(1)
+
+
+def heatmap_to_image(points: Tensor, inverse_matrices: Tensor, stride: int) -> Tensor:
+    """Decoded heatmap points ``(N, K, 2)`` -> image pixels with the inverse crop matrices ``(N, 2, 3)``."""
+    crop_points = heatmap_to_crop(points.double(), stride)
+    return transform_points_torch(inverse_matrices.to(crop_points), crop_points).float()
+
+
 @dataclass
 class LandmarkOutput:
-    """Per-face results, all on CPU: ``points`` (N, K, 2) image pixels, ``confidence`` (N, K) in [0, 1].
+    """A batch's results as tensors on CPU: ``points`` (N, K, 2) image pixels, ``confidence`` (N, K) in [0, 1]
+    (:meth:`InferenceModel.infer` hands them out per face as :class:`model.pipeline.Landmarks`).
 
     ``coarse_points`` holds the stage-1 (H0) result when requested.
     """
@@ -135,7 +170,7 @@ class InferenceModel:
     instead of eager launches; ignored on CPU.
     """
 
-    net: LandmarkNet
+    net: nn.Module  # a LandmarkNet (benchmarks put a stand-in of the same outputs in its place)
     config: ModelConfig
     device: torch.device
     precision: Precision = "fp32"
@@ -204,6 +239,29 @@ class InferenceModel:
         host = self._to_host(results)
         return LandmarkOutput(host[0], host[1], coarse_points=host[2] if with_coarse else None)
 
+    def infer(self, crops: list[Crop], with_coarse: bool = False) -> list[Landmarks]:
+        """The pipeline's ``infer``: one forward over a list of crops (``with_coarse``: stage 1's points too)."""
+        images = torch.from_numpy(np.stack([c.image for c in crops]))
+        inverse = torch.from_numpy(np.stack([c.inverse for c in crops]).astype(np.float32))
+        if self.device.type == "cuda":
+            images = images.pin_memory()
+        out = self(images, inverse, with_coarse)
+        points, conf = out.points.double().numpy(), out.confidence.double().numpy()
+        coarse = out.coarse_points.double().numpy() if out.coarse_points is not None else None
+        return [Landmarks(points[i], conf[i], None if coarse is None else coarse[i]) for i in range(len(crops))]
+
+    def warmup(self, batch_sizes: list[int]) -> None:
+        """Forwards on blank crops so the first request pays no allocation or kernel-selection cost.
+
+        With CUDA graphs every bucket is captured here, whatever ``batch_sizes`` says, so that no request waits
+        for a capture.
+        """
+        size = self.config.input_size
+        if self.graphed and batch_sizes:
+            batch_sizes = bucket_sizes(self.max_batch_size)
+        for n in batch_sizes:
+            self.infer([Crop(np.zeros((size, size, 3), np.uint8), np.eye(2, 3))] * n)
+
     def _to_host(self, tensors: list[Tensor]) -> list[Tensor]:
         """Results to host memory. On CUDA the copies are queued into pinned buffers and the calling thread then
         sleeps on a blocking event until they land, instead of spinning in a stream synchronise: with several
@@ -235,30 +293,33 @@ def _average_with_flip(plain: Heatmaps, flipped: Heatmaps) -> Heatmaps:
 
 
 def prepare(
-    net: LandmarkNet,
+    net: nn.Module,
     config: ModelConfig,
-    device: str | torch.device = "auto",
-    precision: Precision = "fp32",
-    channels_last: bool | None = None,
+    options: PipelineOptions,
     calibration: Calibration | None = None,
     metadata: dict[str, Any] | None = None,
-    flip_test: bool = False,
-    cuda_graphs: bool = False,
-    max_batch_size: int = 64,
+    channels_last: bool | None = None,
 ) -> InferenceModel:
-    """Move a network to its device in eval mode. ``channels_last`` defaults to on for CUDA only.
+    """Move a network to the options' device in eval mode. ``channels_last`` defaults to on for CUDA only.
 
     On this project's CPUs channels_last measured neutral with bf16 (78.7 vs 78.9 faces/s at batch 8) and
     mixed with fp32 (+9 % at batch 8, none at 1 or 32): ``benchmarks/results/model.md``.
     """
-    dev = device if isinstance(device, torch.device) else resolve_device(device)
-    if precision == "fp16" and dev.type != "cuda":
-        raise ValueError("fp16 autocast is for CUDA; use bf16 on CPU")
+    device, precision = resolve_runtime(options)
     if channels_last is None:
-        channels_last = dev.type == "cuda"
-    net = net.to(dev).eval()
-    if channels_last:
+        channels_last = device.type == "cuda"
+    net = net.to(device).eval()
+    if channels_last and isinstance(net, LandmarkNet):
         to_channels_last(net, refiner=True)
     return InferenceModel(
-        net, config, dev, precision, channels_last, calibration, metadata or {}, flip_test, cuda_graphs, max_batch_size
+        net=net,
+        config=config,
+        device=device,
+        precision=precision,
+        channels_last=channels_last,
+        calibration=calibration,
+        metadata=metadata or {},
+        flip_test=options.flip_test,
+        cuda_graphs=options.cuda_graphs,
+        max_batch_size=options.max_batch_size,
     )

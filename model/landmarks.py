@@ -8,6 +8,9 @@ symmetric face onto itself).
 
 from __future__ import annotations
 
+import numpy as np
+from numpy.typing import NDArray
+
 NUM_LANDMARKS = 68
 
 _PAIRS: tuple[tuple[int, int], ...] = (
@@ -60,3 +63,9 @@ CONTOURS: tuple[tuple[int, ...], ...] = (
     (*range(60, 68), 60),
 )
 """Polylines through the markup, for rendering."""
+
+
+def format_pts(points: NDArray[np.floating]) -> str:
+    """A 300-W ``.pts`` file's text for ``(68, 2)`` 0-based pixel coordinates (the format is 1-based)."""
+    rows = "\n".join(f"{float(x) + 1:.3f} {float(y) + 1:.3f}" for x, y in points)
+    return f"version: 1\nn_points:  {len(points)}\n{{\n{rows}\n}}\n"

@@ -71,21 +71,3 @@ def to_channels_last(net: LandmarkNet, refiner: bool = False) -> LandmarkNet:
     """
     (net if refiner else net.lai).to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     return net
-
-
-class StandInNet(nn.Module):
-    """Constant heatmaps of a config's output shape at no cost: put in place of :class:`LandmarkNet` to measure
-    everything around the network (``LANDMARKS_NETWORK_STAND_IN``, ``benchmarks.frontend_bench``). Its
-    landmarks are meaningless."""
-
-    def __init__(self, config: ModelConfig) -> None:
-        super().__init__()
-        size = config.heatmap_size
-        peak = torch.zeros(config.num_landmarks, size, size)
-        peak[:, size // 2, size // 2] = 1.0
-        self.peak: Tensor
-        self.register_buffer("peak", peak)
-
-    def forward(self, x: Tensor) -> Heatmaps:
-        maps = self.peak.expand(x.shape[0], -1, -1, -1)
-        return Heatmaps(maps, maps)

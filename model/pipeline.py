@@ -1,24 +1,71 @@
-"""How a face becomes a network input, and how a first pass's landmarks frame the second: one place for both.
+"""The request path, photo -> landmarks, in one place: every caller (the service, the CLI, ``training.evaluate``,
+training's validation and the benchmarks) runs a :class:`Pipeline`, so what is evaluated is what is served.
 
-The service (``app.service``), the CLI, ``training.evaluate`` and the benchmarks all crop through
-:func:`face_crop` and re-frame through :func:`refine`, so what is evaluated is what is served.
+Stages, in order, each in one function here:
 
-* A face comes with a ``box`` (tight box around its 68 points, :mod:`model.geometry`) and optionally a ``roll``
-  (degrees, the eye line's angle in the image). With a roll the crop is rotated so the face is upright in it.
-* The **second pass** re-frames a face from its first-pass landmarks: the tight box of the points, measured in the
-  face's own upright frame when the crops are aligned (roll from the eye centres of the 68 points).
+1. **faces** — where each face is: the detector's (:meth:`Pipeline.detect`, YuNet, largest first) or the caller's
+   boxes (:func:`caller_faces`). A :class:`FaceBox` says which (``source``): provenance is data, never guessed.
+2. **framing** — how to crop it: its landmark-convention ``box`` and in-plane ``roll`` (:class:`Framing`); with
+   ``align`` the detector's eye line gives the roll.
+3. **crop** — :func:`face_crop`: the ``S x S`` network input and its crop -> image affine (:class:`Crop`).
+4. **network** — an ``infer`` callable, ``list[Crop] -> list[Landmarks]`` in image pixels. The service passes its
+   batcher; everything else passes :meth:`model.inference.InferenceModel.infer` (or the ONNX Runtime engine).
+5. **second pass** — detected faces only (a caller's box is taken as given): :func:`refine` re-frames each face
+   from its first-pass landmarks (the tight box, upright in the face's own frame with ``align``) and the face
+   runs again. Off with ``PipelineOptions.second_pass``.
+
+:meth:`Pipeline.steps` is that sequence as a generator that yields the crops it needs run and receives their
+landmarks, so the same code drives a plain call (:meth:`Pipeline.run`), an async batcher
+(:meth:`Pipeline.run_async`) and faces of many photos batched together (:meth:`Pipeline.run_many`). This module
+holds no threads and needs no torch.
 """
 
 from __future__ import annotations
 
+import functools
 import math
-from dataclasses import dataclass
+import time
+from collections.abc import Awaitable, Callable, Generator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
 
 import numpy as np
 from numpy.typing import NDArray
 
-from model.geometry import Box, crop_matrix, invert, warp
+from model.config import ModelConfig
+from model.detector import Detection, DetectorOptions
+from model.geometry import Box, crop_matrix, invert, line_roll, warp
 from model.landmarks import LEFT_EYE, RIGHT_EYE
+
+Source = Literal["caller", "detector"]
+Image = NDArray[np.uint8]
+
+
+@dataclass(frozen=True)
+class PipelineOptions:
+    """Everything that decides how a photo becomes landmarks, built once (from the service's Settings or a
+    command line) and passed by name. Device and precision are resolved in one place,
+    :func:`model.inference.resolve_runtime`."""
+
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    precision: str = "auto"  # auto | fp32 | bf16 | fp16
+    max_batch_size: int = 16  # faces per network forward (and the largest CUDA graph)
+    cuda_graphs: bool = True  # on CUDA only
+    flip_test: bool = False  # also run the mirrored crop and average the heatmaps (2x compute)
+    second_pass: bool = True  # re-frame detected faces from their first-pass landmarks and run again
+    align: bool = False  # rotate crops upright (detector: YuNet's eye line; second pass: the 68 points' eyes)
+    detector: DetectorOptions = DetectorOptions()
+
+
+@dataclass(frozen=True)
+class FaceBox:
+    """A face to find landmarks for: its landmark-convention ``box``, where it came from, the detector's score
+    (``None`` for a caller's box) and the roll of the detector's eye line in degrees (0 without one)."""
+
+    box: Box
+    source: Source
+    detection_score: float | None = None
+    roll: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -29,19 +76,86 @@ class Framing:
     roll: float = 0.0
 
 
-def face_crop(image: NDArray[np.uint8], framing: Framing, size: int) -> tuple[NDArray[np.uint8], NDArray[np.float64]]:
+@dataclass(frozen=True)
+class Crop:
+    """One face ready for the network: ``image`` (S, S, 3) uint8 RGB and ``inverse`` (2, 3) crop -> image."""
+
+    image: Image
+    inverse: NDArray[np.float64]
+
+
+@dataclass(frozen=True)
+class Landmarks:
+    """One face's result in image pixels: ``points`` (68, 2), ``confidence`` (68,) in [0, 1], and stage 1's
+    (H0) points when the engine was asked for them (evaluation)."""
+
+    points: NDArray[np.float64]
+    confidence: NDArray[np.float64]
+    coarse_points: NDArray[np.float64] | None = None
+
+
+@dataclass(frozen=True)
+class Face:
+    """A finished face: the box its final crop was made from, where the face came from, and its landmarks."""
+
+    box: Box
+    source: Source
+    detection_score: float | None
+    landmarks: Landmarks
+
+
+@dataclass
+class PhotoResult:
+    """Every face of one photo (in the order found or given) and the pipeline's own timings in ms."""
+
+    faces: list[Face]
+    timings_ms: dict[str, float] = field(default_factory=dict)
+
+
+Infer = Callable[[list[Crop]], list[Landmarks]]
+AsyncInfer = Callable[[list[Crop]], Awaitable[list[Landmarks]]]
+Steps = Generator[list[Crop], list[Landmarks], PhotoResult]
+
+
+Detector = Callable[[Image], list[Detection]]
+
+
+class Engine(Protocol):
+    """A network runtime the service and the CLI can serve: :class:`model.inference.InferenceModel` (torch)."""
+
+    @property
+    def config(self) -> ModelConfig: ...
+    @property
+    def device(self) -> object: ...
+    @property
+    def precision(self) -> str: ...
+    @property
+    def metadata(self) -> dict[str, Any]: ...
+    @property
+    def name(self) -> str: ...
+    @property
+    def version(self) -> str: ...
+    def infer(self, crops: list[Crop], with_coarse: bool = False) -> list[Landmarks]: ...
+    def warmup(self, batch_sizes: list[int]) -> None: ...
+
+
+def caller_faces(boxes: Sequence[Box]) -> list[FaceBox]:
+    """The caller's boxes, one face each, in order (no second pass: a given box is taken as given)."""
+    return [FaceBox((float(b[0]), float(b[1]), float(b[2]), float(b[3])), "caller") for b in boxes]
+
+
+def face_crop(image: Image, framing: Framing, size: int) -> Crop:
     """The ``size`` x ``size`` network input for one face and its crop -> image affine."""
     # crop_matrix rotates counter-clockwise by its angle; a face whose eye line descends to the right (positive
     # roll in image coordinates, y down) is turned back upright by rotating the image by +roll.
     m = crop_matrix(np.asarray(framing.box, dtype=np.float64), size, rotation_deg=framing.roll)
-    return warp(image, m, size), invert(m)
+    return Crop(warp(image, m, size), invert(m))
 
 
 def eye_roll(points: NDArray[np.floating]) -> float:
     """Roll of a face in degrees from its 68 landmarks: the angle of the line from the right to the left eye."""
-    right = np.asarray(points)[list(RIGHT_EYE)].mean(axis=0)
-    left = np.asarray(points)[list(LEFT_EYE)].mean(axis=0)
-    return math.degrees(math.atan2(float(left[1] - right[1]), float(left[0] - right[0])))
+    pts = np.asarray(points)
+    return line_roll(pts[list(RIGHT_EYE)].mean(axis=0), pts[list(LEFT_EYE)].mean(axis=0))
 
 
 def upright_box(points: NDArray[np.floating], roll: float) -> Box:
@@ -66,3 +180,123 @@ def refine(points: NDArray[np.floating], aligned: bool) -> Framing:
     """Framing for the second pass from first-pass landmarks ``(68, 2)``."""
     roll = eye_roll(points) if aligned else 0.0
     return Framing(upright_box(points, roll), roll)
+
+
+def advance(steps: Steps, results: list[Landmarks] | None) -> list[Crop] | PhotoResult:
+    """Send ``results`` into a running :meth:`Pipeline.steps` (``None`` to start it): the next crops to run, or
+    the photo's result when it is done."""
+    try:
+        return next(steps) if results is None else steps.send(results)
+    except StopIteration as done:
+        return done.value
+
+
+class Pipeline:
+    """Photo -> faces -> framings -> crops -> ``infer`` -> second pass -> :class:`PhotoResult` (module docstring).
+
+    ``input_size`` is the network's crop side; ``detector`` finds faces when no boxes are given (``None``: the
+    caller always gives boxes, e.g. evaluation with ground-truth boxes).
+    """
+
+    def __init__(self, options: PipelineOptions, input_size: int, detector: Detector | None = None) -> None:
+        self.options = options
+        self.input_size = input_size
+        self.detector = detector
+
+    def detect(self, image: Image, max_faces: int) -> list[FaceBox]:
+        """The detector's faces, largest first, at most ``max_faces``."""
+        if self.detector is None:
+            raise ValueError("this pipeline has no face detector: give the faces' boxes")
+        found = self.detector(image)[:max_faces]
+        return [FaceBox(d.box, "detector", d.score, d.roll) for d in found]
+
+    def framing(self, face: FaceBox) -> Framing:
+        """How a face's first crop is framed: its box, and the detector's roll when crops are aligned."""
+        return Framing(face.box, face.roll if self.options.align and face.source == "detector" else 0.0)
+
+    def crops(self, image: Image, framings: Sequence[Framing]) -> list[Crop]:
+        return [face_crop(image, f, self.input_size) for f in framings]
+
+    def steps(self, image: Image, faces: Sequence[FaceBox] | None = None, max_faces: int = 10) -> Steps:
+        """The whole path for one photo; ``faces`` ``None`` runs the detector. Yields crops, receives landmarks."""
+        timings: dict[str, float] = {}
+        if faces is None:
+            t0 = time.perf_counter()
+            faces = self.detect(image, max_faces)
+            timings["detect"] = 1000 * (time.perf_counter() - t0)
+        framings = [self.framing(f) for f in faces]
+        t0 = time.perf_counter()
+        crops = self.crops(image, framings)
+        timings["crop"] = 1000 * (time.perf_counter() - t0)
+        results = (yield crops) if crops else []
+        check_count(results, crops)
+        again = [i for i, f in enumerate(faces) if f.source == "detector"] if self.options.second_pass else []
+        if again:
+            for i in again:
+                framings[i] = refine(results[i].points, self.options.align)
+            t0 = time.perf_counter()
+            crops = self.crops(image, [framings[i] for i in again])
+            timings["crop"] += 1000 * (time.perf_counter() - t0)
+            second = yield crops
+            check_count(second, crops)
+            for i, result in zip(again, second, strict=True):
+                results[i] = result
+        faces_out = [
+            Face(fr.box, f.source, f.detection_score, r) for f, fr, r in zip(faces, framings, results, strict=True)
+        ]
+        return PhotoResult(faces_out, timings)
+
+    def run(
+        self, image: Image, infer: Infer, faces: Sequence[FaceBox] | None = None, max_faces: int = 10
+    ) -> PhotoResult:
+        """One photo with a plain ``infer`` call."""
+        steps = self.steps(image, faces, max_faces)
+        out = advance(steps, None)
+        while not isinstance(out, PhotoResult):
+            out = advance(steps, infer(out))
+        return out
+
+    async def run_async(
+        self,
+        image: Image,
+        infer: AsyncInfer,
+        offload: Callable[[Callable[[], list[Crop] | PhotoResult]], Awaitable[list[Crop] | PhotoResult]],
+        faces: Sequence[FaceBox] | None = None,
+        max_faces: int = 10,
+    ) -> PhotoResult:
+        """One photo with an awaitable ``infer`` (the service's batcher); ``offload`` runs each CPU step
+        (detection, cropping) somewhere other than the event loop."""
+        steps = self.steps(image, faces, max_faces)
+        out = await offload(lambda: advance(steps, None))
+        while not isinstance(out, PhotoResult):
+            out = await offload(functools.partial(advance, steps, await infer(out)))
+        return out
+
+    def run_many(
+        self,
+        photos: Sequence[tuple[Image, Sequence[FaceBox] | None]],
+        infer: Infer,
+        batch_size: int,
+        max_faces: int = 10,
+    ) -> list[PhotoResult]:
+        """Several photos with their faces' crops batched together (``batch_size`` faces per ``infer`` call):
+        every photo's first pass, then every photo's second pass."""
+        running = [self.steps(image, faces, max_faces) for image, faces in photos]
+        outs = [advance(s, None) for s in running]
+        while pending := [i for i, out in enumerate(outs) if not isinstance(out, PhotoResult)]:
+            crops = [c for i in pending for c in outs[i]]  # type: ignore[union-attr]
+            results: list[Landmarks] = []
+            for start in range(0, len(crops), batch_size):
+                results += infer(crops[start : start + batch_size])
+            check_count(results, crops)
+            at = 0
+            for i in pending:
+                n = len(outs[i])  # type: ignore[arg-type]
+                outs[i] = advance(running[i], results[at : at + n])
+                at += n
+        return outs  # type: ignore[return-value]
+
+
+def check_count(results: Sequence[Landmarks], crops: Sequence[Crop]) -> None:
+    if len(results) != len(crops):
+        raise RuntimeError(f"infer returned {len(results)} results for {len(crops)} crops")

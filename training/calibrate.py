@@ -30,6 +30,7 @@ from scipy.optimize import isotonic_regression
 from model.checkpoint import CheckpointError, load_checkpoint, load_for_inference, save_checkpoint
 from model.codec import CONFIDENCE_SCORE, Calibration
 from model.inference import InferenceModel
+from model.pipeline import PipelineOptions
 from training.datasets import DataError, samples_from_spec
 from training.evaluate import run
 from training.metrics import box_size, point_errors, spearman
@@ -112,7 +113,7 @@ class SetScores:
 
 def score_set(engine: InferenceModel, spec: str, tolerance: float) -> SetScores:
     samples = samples_from_spec(spec)
-    ev = run(engine, samples, "gt", batch_size=32, workers=0)
+    ev = run(engine, samples, "gt", PipelineOptions(device="cpu", precision="fp32", max_batch_size=32))
     gt = np.stack([s.points for s in ev.samples])
     errors = point_errors(ev.points, gt) / box_size(gt)[:, None]
     _, root, split, *_ = spec.split(":")
@@ -142,7 +143,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def main(args: argparse.Namespace) -> dict[str, Any]:
-    engine = load_for_inference(args.checkpoint, "cpu")
+    engine = load_for_inference(args.checkpoint, PipelineOptions(device="cpu", precision="fp32"))
     engine.calibration = None  # fit on the raw score
     sets = [score_set(engine, spec, args.tolerance) for spec in args.sets]
     raw = np.concatenate([s.raw for s in sets])

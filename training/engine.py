@@ -8,16 +8,13 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from model.config import ModelConfig
-from model.geometry import invert
-from model.inference import InferenceModel, LandmarkOutput, Precision
-from model.network import LandmarkNet, normalize_input
+from model.inference import Precision
+from model.network import normalize_input
 from training.losses import two_stage_loss
 
 
@@ -92,41 +89,6 @@ def train_one_epoch(
     bar.close()
     elapsed = time.perf_counter() - start
     return {"train_loss": total / max(count, 1), "train_time_s": elapsed, "samples_per_s": count / max(elapsed, 1e-9)}
-
-
-@dataclass
-class Predictions:
-    """Image-space predictions of both stages for a data set, in data set order."""
-
-    points: np.ndarray  # (N, K, 2) stage 2 (H_f)
-    confidence: np.ndarray  # (N, K)
-    coarse_points: np.ndarray  # (N, K, 2) stage 1 (H0)
-
-
-def predict(
-    net: LandmarkNet,
-    config: ModelConfig,
-    loader: DataLoader[dict[str, torch.Tensor]],
-    device: torch.device,
-    precision: Precision = "fp32",
-    channels_last: bool = False,
-    engine: InferenceModel | None = None,
-    show_progress: bool = False,
-) -> Predictions:
-    """Run the serving path (:class:`model.inference.InferenceModel`) over an un-augmented loader."""
-    was_training = net.training
-    net.eval()
-    engine = engine or InferenceModel(net, config, device, precision, channels_last)
-    outputs: list[LandmarkOutput] = []
-    for batch in tqdm(loader, desc="evaluate", disable=not show_progress, dynamic_ncols=True):
-        inverse = torch.from_numpy(np.stack([invert(m) for m in batch["matrix"].double().numpy()])).float()
-        outputs.append(engine(batch["image"], inverse, with_coarse=True))
-    net.train(was_training)
-
-    def cat(name: str) -> np.ndarray:
-        return torch.cat([getattr(o, name) for o in outputs]).double().numpy()
-
-    return Predictions(cat("points"), cat("confidence"), cat("coarse_points"))
 
 
 def lr_lambda_cosine(total_steps: int, warmup_steps: int) -> Any:

@@ -5,14 +5,16 @@ stage 1 (H0) and stage 2 (H_f); the 300-W common / challenging / full subsets or
 rank correlation between per-point confidence and error. Writes ``report.json``, ``report.md``, ``ced.png`` and,
 with ``--save-examples N``, N pictures of predicted (coloured by confidence) and true (white) points.
 
-Face boxes are the tight boxes of the ground-truth landmarks (``--boxes gt``, the protocol's convention) or the
-service's detector (``--boxes detector``: YuNet, :mod:`model.detector`), which also reports the detector's recall.
-Crops and the second pass (``--second-pass``) go through :mod:`model.pipeline`, as in the service.
+Face boxes are the tight boxes of the ground-truth landmarks (``--boxes gt``, the protocol's convention, given to
+the pipeline as a caller's boxes) or the service's detector (``--boxes detector``: YuNet, :mod:`model.detector`),
+which also reports the detector's recall. Every face runs through :class:`model.pipeline.Pipeline`, as in the
+service: the second pass (``--second-pass``, detected faces only) and upright crops (``--align``) are its options.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import sys
@@ -21,15 +23,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
-from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from model.checkpoint import CheckpointError, load_for_inference
 from model.detector import YuNetDetector, match_detection
 from model.geometry import as_box, box_from_points
 from model.inference import InferenceModel
-from model.pipeline import Framing, face_crop, refine
+from model.pipeline import FaceBox, Landmarks, Pipeline, PipelineOptions, caller_faces
 from model.render import draw_landmarks
 from training.datasets import W300_SUBSETS, DataError, Sample, load_image, load_samples
 from training.metrics import NORMALISERS, ced, nme, point_errors, spearman, summarise, yaw_table
@@ -49,76 +49,51 @@ class Evaluation:
     total: int
 
 
-class _Crops(Dataset[tuple[torch.Tensor, torch.Tensor]]):
-    def __init__(self, samples: list[Sample], framings: list[Framing], size: int) -> None:
-        self.samples, self.framings, self.size = samples, framings, size
-
-    def __len__(self) -> int:
-        return len(self.samples)
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        crop, inverse = face_crop(load_image(self.samples[i].image), self.framings[i], self.size)
-        return torch.from_numpy(crop), torch.from_numpy(inverse).float()
-
-
 def gt_boxes(samples: list[Sample]) -> list[np.ndarray]:
     return [box_from_points(s.points) for s in samples]
 
 
-def detector_framings(samples: list[Sample], aligned: bool) -> tuple[list[Sample], list[Framing]]:
-    """Framings from the service's detector (YuNet, default settings); a face counts as found when a detection's
-    centre lies in its ground-truth box. ``aligned``: rotate the crop by the roll of YuNet's eye points."""
+def find_faces(samples: list[Sample], boxes: str) -> tuple[list[Sample], list[FaceBox]]:
+    """Each sample's face as the pipeline gets it: its ground-truth tight box as a caller's box (``gt``), or the
+    service's detector (YuNet, default settings) with the detection whose centre lies in the ground-truth box
+    (``detector``; a sample without one is not found)."""
+    if boxes == "gt":
+        return samples, caller_faces([as_box(b) for b in gt_boxes(samples)])
     detector = YuNetDetector()
-    kept, framings = [], []
+    kept, faces = [], []
     for s in tqdm(samples, desc="detect", disable=not sys.stderr.isatty(), dynamic_ncols=True):
         det = match_detection(detector(load_image(s.image)), gt_boxes([s])[0])
         if det is not None:
             kept.append(s)
-            framings.append(Framing(det.box, det.roll if aligned else 0.0))
-    return kept, framings
+            faces.append(FaceBox(det.box, "detector", det.score, det.roll))
+    return kept, faces
 
 
-def run(
-    engine: InferenceModel,
-    samples: list[Sample],
-    boxes: str,
-    batch_size: int,
-    workers: int,
-    second_pass: bool = False,
-    aligned: bool = False,
-) -> Evaluation:
-    """Predict every sample's face through :mod:`model.pipeline`, as the service does: ``boxes`` ``gt`` or
-    ``detector``; ``second_pass`` re-frames from the first pass's landmarks; ``aligned`` rotates crops upright."""
-    if boxes == "gt":
-        chosen, framings = samples, [Framing(as_box(b)) for b in gt_boxes(samples)]
-    else:
-        chosen, framings = detector_framings(samples, aligned)
+def run(engine: InferenceModel, samples: list[Sample], boxes: str, options: PipelineOptions) -> Evaluation:
+    """Predict every sample's face through :class:`model.pipeline.Pipeline`, as the service does: ``boxes`` ``gt``
+    or ``detector``; the options' second pass (detected faces only) and alignment apply as they do in service."""
+    chosen, faces = find_faces(samples, boxes)
     if not chosen:
         raise DataError("no face to evaluate (the detector found none)")
-    ev = _predict(engine, chosen, framings, batch_size, workers, len(samples))
-    if second_pass:
-        ev = _predict(engine, chosen, [refine(p, aligned) for p in ev.points], batch_size, workers, len(samples))
-    return ev
-
-
-def _predict(
-    engine: InferenceModel, chosen: list[Sample], framings: list[Framing], batch_size: int, workers: int, total: int
-) -> Evaluation:
-    loader = DataLoader(_Crops(chosen, framings, engine.config.input_size), batch_size=batch_size, num_workers=workers)
-    pts, conf, coarse = [], [], []
-    for crops, inverse in tqdm(loader, desc="evaluate", disable=not sys.stderr.isatty(), dynamic_ncols=True):
-        out = engine(crops, inverse, with_coarse=True)
-        assert out.coarse_points is not None
-        pts.append(out.points)
-        conf.append(out.confidence)
-        coarse.append(out.coarse_points)
+    pipeline = Pipeline(options, engine.config.input_size)
+    infer = functools.partial(engine.infer, with_coarse=True)
+    results: list[Landmarks] = []
+    step = 64  # photos in memory at once
+    bar = tqdm(total=len(chosen), desc="evaluate", disable=not sys.stderr.isatty(), dynamic_ncols=True)
+    for start in range(0, len(chosen), step):
+        part = zip(chosen[start : start + step], faces[start : start + step], strict=True)
+        photos = [(load_image(s.image), [f]) for s, f in part]
+        for photo in pipeline.run_many(photos, infer, options.max_batch_size):
+            results.append(photo.faces[0].landmarks)
+        bar.update(len(photos))
+    bar.close()
     return Evaluation(
         chosen,
-        torch.cat(pts).double().numpy(),
-        torch.cat(conf).double().numpy(),
-        torch.cat(coarse).double().numpy(),
+        np.stack([r.points for r in results]),
+        np.stack([r.confidence for r in results]),
+        np.stack([r.coarse_points for r in results if r.coarse_points is not None]),
         len(chosen),
-        total,
+        len(samples),
     )
 
 
@@ -260,18 +235,33 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--workers", type=int, default=0)
     p.add_argument("--save-examples", type=int, default=0, metavar="N")
     p.add_argument("--flip-test", action="store_true", help="average with the mirrored crop (2x compute)")
-    p.add_argument("--second-pass", action="store_true", help="re-crop from the first pass's landmarks, run again")
+    p.add_argument(
+        "--second-pass", action="store_true", help="re-crop detected faces from the first pass's landmarks, run again"
+    )
     p.add_argument(
         "--align", action="store_true", help="rotate crops upright (detector: YuNet's eyes; 2nd pass: 68 pts)"
     )
     return p
 
 
+def pipeline_options(args: argparse.Namespace) -> PipelineOptions:
+    """The options the service would run with to match these flags (eager: no CUDA graphs)."""
+    return PipelineOptions(
+        device=args.device,
+        precision=args.precision,
+        max_batch_size=args.batch_size,
+        cuda_graphs=False,
+        flip_test=args.flip_test,
+        second_pass=args.second_pass,
+        align=args.align,
+    )
+
+
 def main(args: argparse.Namespace) -> dict[str, Any]:
-    engine = load_for_inference(args.checkpoint, args.device, args.precision, flip_test=args.flip_test)
+    options = pipeline_options(args)
+    engine = load_for_inference(args.checkpoint, options)
     label_sets = (
         [args.labels]
         if args.labels not in (None, "both")
@@ -296,13 +286,13 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     for labels in label_sets:
         samples = load_samples(args.format, args.data, args.split, labels)
         if ev is None or args.boxes == "gt":  # GT boxes depend on the label set; detections do not
-            ev = run(engine, samples, args.boxes, args.batch_size, args.workers, args.second_pass, args.align)
+            ev = run(engine, samples, args.boxes, options)
         names = {s.name: s for s in samples}
         gt = np.stack([names[s.name].points for s in ev.samples])
         key = labels or "default"
         results["label_sets"][key] = report(ev, gt, args.format)
         if args.boxes == "detector":  # the same faces with ground-truth boxes, for the detector's cost
-            reference = run(engine, [names[s.name] for s in ev.samples], "gt", args.batch_size, args.workers)
+            reference = run(engine, [names[s.name] for s in ev.samples], "gt", options)
             results["label_sets"][key]["gt_boxes_same_faces"] = {
                 norm: summarise(nme(reference.points, gt, fn(gt))) for norm, fn in NORMALISERS.items()
             }

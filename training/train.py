@@ -30,11 +30,13 @@ from torch.utils.data import DataLoader, Sampler
 
 from model.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from model.config import ModelConfig
-from model.inference import cpu_supports_bf16, resolve_device
+from model.inference import InferenceModel, cpu_supports_bf16, resolve_device
 from model.network import LandmarkNet, build_model, to_channels_last
+from model.pipeline import PipelineOptions
 from training.config import TrainConfig, dump_config, load_config
 from training.datasets import DataError, LandmarkDataset, MixtureSampler, load_samples
-from training.engine import Amp, lr_lambda_cosine, predict, train_one_epoch
+from training.engine import Amp, lr_lambda_cosine, train_one_epoch
+from training.evaluate import run as run_pipeline
 from training.metrics import NORMALISERS, nme
 
 log = logging.getLogger("training.train")
@@ -146,9 +148,16 @@ def validate(
     amp: Amp,
     cfg: TrainConfig,
 ) -> dict[str, float]:
-    """NME (%) of both stages on one validation set with its normalisation, through the serving path."""
-    loader = make_loader(dataset, cfg.batch_size, 0, shuffle=False)
-    preds = predict(net, config, loader, device, amp.precision, cfg.channels_last)
+    """NME (%) of both stages on one validation set with its normalisation, through the serving pipeline with
+    ground-truth boxes (what ``training.evaluate --boxes gt`` reports)."""
+    was_training = net.training
+    net.eval()
+    engine = InferenceModel(
+        net=net, config=config, device=device, precision=amp.precision, channels_last=cfg.channels_last
+    )
+    options = PipelineOptions(max_batch_size=cfg.batch_size, cuda_graphs=False, second_pass=False)
+    preds = run_pipeline(engine, dataset.samples, "gt", options)
+    net.train(was_training)
     gt = np.stack([s.points for s in dataset.samples])
     scale = NORMALISERS[norm](gt)
     refined, coarse = nme(preds.points, gt, scale), nme(preds.coarse_points, gt, scale)

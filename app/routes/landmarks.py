@@ -8,11 +8,11 @@ from typing import Any
 from fastapi import APIRouter, Request, Response
 
 from app.deps import ServiceDep
-from app.errors import ServiceError
+from app.errors import ServiceError, deadline_exceeded
 from app.forms import parse_boxes, parse_max_faces, parse_multipart, read_body, text_field
-from app.responses import render_png, to_response
+from app.responses import Prediction, render_png, to_response
 from app.schemas import ErrorResponse, LandmarksResponse
-from app.service import LandmarkService, Prediction
+from app.service import LandmarkService
 
 router = APIRouter(tags=["landmarks"])
 
@@ -74,7 +74,7 @@ async def run_request(request: Request, service: LandmarkService) -> Prediction:
         async with service.lifecycle.accept(), asyncio.timeout_at(deadline):
             prediction = await _run(request, service, deadline)
     except TimeoutError:
-        raise ServiceError(504, "deadline_exceeded", "the request passed its deadline", reason="timeout") from None
+        raise deadline_exceeded() from None
     request.state.faces = len(prediction.faces)
     request.state.batch_sizes = prediction.batch_sizes
     return prediction
@@ -91,7 +91,7 @@ async def _run(request: Request, service: LandmarkService, deadline: float) -> P
         text_field(form["max_faces"].data, "max_faces") if "max_faces" in form else None, settings.max_faces
     )
     boxes = parse_boxes(text_field(form["boxes"].data, "boxes") if "boxes" in form else None, max_faces)
-    return await service.predict(bytes(image.data), boxes, max_faces, deadline)
+    return await service.landmarks(bytes(image.data), boxes, max_faces, deadline)
 
 
 @router.post(
@@ -102,7 +102,7 @@ async def _run(request: Request, service: LandmarkService, deadline: float) -> P
     summary="68 facial landmarks with per-point confidence for every face in an image",
 )
 async def landmarks(request: Request, service: ServiceDep) -> LandmarksResponse:
-    return to_response(await run_request(request, service), service.predictor.engine)
+    return to_response(await run_request(request, service), service.engine)
 
 
 @router.post(

@@ -53,7 +53,7 @@ async def ready(request: Request) -> Health:
     responses={503: {"model": ErrorResponse, "description": "the model is not loaded yet"}},
 )
 async def model_card(service: ServiceDep) -> ModelCard:
-    engine = service.predictor.engine
+    engine = service.engine
     meta = engine.metadata
     return ModelCard(
         name=engine.name,

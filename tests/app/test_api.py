@@ -4,9 +4,12 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
+from fastapi.testclient import TestClient
 from PIL import Image
 
-from tests.app.conftest import open_client, png_bytes
+from app.main import create_app
+from benchmarks.stand_in import load_stand_in
+from tests.app.conftest import make_settings, open_client, png_bytes, wait_ready
 from tests.conftest import draw_face
 
 BOX = [60.0, 60.0, 200.0, 200.0]
@@ -233,8 +236,10 @@ def test_docs_page_and_its_assets_are_served_locally(client):
 
 
 def test_network_stand_in_keeps_the_response_shape_for_front_end_benchmarks(tiny_checkpoint, face_png):
-    with open_client(tiny_checkpoint, network_stand_in=True) as client:
-        assert type(client.app.state.service.predictor.engine.net).__name__ == "StandInNet"
+    app = create_app(make_settings(tiny_checkpoint), handle_signals=False, loader=load_stand_in)
+    with TestClient(app, raise_server_exceptions=False) as client:
+        wait_ready(client)
+        assert type(client.app.state.service.engine.net).__name__ == "StandInNet"
         response = post(client, face_png[0], boxes=json.dumps([BOX]))
     assert response.status_code == 200
     face = response.json()["faces"][0]

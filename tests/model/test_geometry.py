@@ -7,11 +7,11 @@ from model.geometry import (
     crop_matrix,
     crop_to_heatmap,
     heatmap_to_crop,
-    heatmap_to_image,
     invert,
     transform_points,
     warp,
 )
+from model.inference import heatmap_to_image
 from tests.conftest import mean_face
 
 

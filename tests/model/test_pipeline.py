@@ -1,12 +1,26 @@
+import asyncio
 import math
 
 import numpy as np
 import pytest
 
+from model.checkpoint import load_for_inference
+from model.detector import Detection
 from model.geometry import box_from_points, transform_points
 from model.landmarks import LEFT_EYE, RIGHT_EYE
-from model.pipeline import eye_roll, face_crop, refine, upright_box
-from tests.conftest import mean_face
+from model.pipeline import (
+    Crop,
+    Framing,
+    Landmarks,
+    Pipeline,
+    PipelineOptions,
+    caller_faces,
+    eye_roll,
+    face_crop,
+    refine,
+    upright_box,
+)
+from tests.conftest import draw_face, mean_face
 
 
 def rotate(points: np.ndarray, degrees: float, centre: tuple[float, float]) -> np.ndarray:
@@ -27,9 +41,9 @@ def test_an_aligned_crop_puts_the_eyes_level_and_the_face_at_its_centre():
     image = np.zeros((400, 400, 3), np.uint8)
     framing = refine(face, aligned=True)
     assert framing.roll == pytest.approx(25)
-    crop, inverse = face_crop(image, framing, 128)
-    assert crop.shape == (128, 128, 3)
-    forward = np.linalg.inv(np.vstack([inverse, [0, 0, 1]]))[:2]
+    crop = face_crop(image, framing, 128)
+    assert crop.image.shape == (128, 128, 3)
+    forward = np.linalg.inv(np.vstack([crop.inverse, [0, 0, 1]]))[:2]
     in_crop = transform_points(forward, face)
     right, left = in_crop[list(RIGHT_EYE)].mean(0), in_crop[list(LEFT_EYE)].mean(0)
     assert right[1] == pytest.approx(left[1], abs=1e-6)
@@ -46,3 +60,127 @@ def test_unaligned_refinement_is_the_tight_box():
     np.testing.assert_allclose(upright_box(face, 0.0), box_from_points(face))
     with pytest.raises(ValueError, match="no finite landmark"):
         upright_box(np.full((68, 2), np.nan), 0.0)
+
+
+# --- the Pipeline on the tiny test model -----------------------------------------------------------------------
+
+
+class FakeDetector:
+    """Two faces with eye lines; the pipeline must take them largest first as given and keep their provenance."""
+
+    def __init__(self, faces: list[Detection]) -> None:
+        self.faces = faces
+        self.calls = 0
+
+    def __call__(self, image: np.ndarray) -> list[Detection]:
+        self.calls += 1
+        return list(self.faces)
+
+
+def tilted(box: tuple[float, float, float, float], roll: float, score: float = 0.9) -> Detection:
+    cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
+    a = math.radians(roll)
+    eyes = ((cx - 20 * math.cos(a), cy - 20 * math.sin(a)), (cx + 20 * math.cos(a), cy + 20 * math.sin(a)))
+    return Detection(box, score, eyes)
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_checkpoint):
+    return load_for_inference(tiny_checkpoint, PipelineOptions(device="cpu", precision="fp32"))
+
+
+@pytest.fixture(scope="module")
+def photo():
+    image, _ = draw_face(256, seed=5)
+    return image
+
+
+def recording(engine):
+    calls: list[list[Crop]] = []
+
+    def infer(crops: list[Crop]) -> list[Landmarks]:
+        calls.append(crops)
+        return engine.infer(crops)
+
+    return infer, calls
+
+
+def test_detected_faces_get_the_second_pass_framed_from_their_first_landmarks(engine, photo):
+    detector = FakeDetector([tilted((40.0, 50.0, 200.0, 210.0), 0.0), tilted((10.0, 10.0, 60.0, 60.0), 0.0, 0.7)])
+    pipeline = Pipeline(PipelineOptions(device="cpu"), engine.config.input_size, detector)
+    infer, calls = recording(engine)
+    result = pipeline.run(photo, infer, max_faces=10)
+    assert [len(c) for c in calls] == [2, 2]  # first pass, then the second pass of both detected faces
+    first = engine.infer(pipeline.crops(photo, [Framing(d.box) for d in detector.faces]))
+    second = engine.infer(pipeline.crops(photo, [Framing(f.box) for f in result.faces]))
+    for face, before, after in zip(result.faces, first, second, strict=True):
+        assert face.source == "detector"
+        assert face.box == pytest.approx(refine(before.points, aligned=False).box)  # re-framed from pass one
+        np.testing.assert_allclose(face.landmarks.points, after.points, atol=1e-5)  # and run on that framing
+    assert [f.detection_score for f in result.faces] == [0.9, 0.7]
+    assert set(result.timings_ms) == {"detect", "crop"}
+
+
+def test_caller_boxes_run_once_and_keep_their_box(engine, photo):
+    pipeline = Pipeline(PipelineOptions(device="cpu"), engine.config.input_size, FakeDetector([]))
+    infer, calls = recording(engine)
+    boxes = [(40.0, 50.0, 200.0, 210.0)]
+    result = pipeline.run(photo, infer, caller_faces(boxes))
+    assert [len(c) for c in calls] == [1]
+    assert result.faces[0].source == "caller"
+    assert result.faces[0].detection_score is None
+    assert result.faces[0].box == boxes[0]
+    assert "detect" not in result.timings_ms
+
+
+def test_second_pass_off_and_max_faces(engine, photo):
+    faces = [tilted((40.0, 50.0, 200.0, 210.0), 0.0), tilted((10.0, 10.0, 60.0, 60.0), 0.0)]
+    pipeline = Pipeline(PipelineOptions(second_pass=False), engine.config.input_size, FakeDetector(faces))
+    infer, calls = recording(engine)
+    result = pipeline.run(photo, infer, max_faces=1)
+    assert [len(c) for c in calls] == [1]
+    assert len(result.faces) == 1
+    assert result.faces[0].box == faces[0].box
+
+
+def test_aligned_detected_faces_are_cropped_on_the_detectors_eye_line(engine, photo):
+    face = tilted((40.0, 50.0, 200.0, 210.0), 20.0)
+    aligned = Pipeline(PipelineOptions(align=True, second_pass=False), engine.config.input_size, FakeDetector([face]))
+    infer, calls = recording(engine)
+    aligned.run(photo, infer)
+    assert face.roll == pytest.approx(20.0)
+    size = engine.config.input_size
+    np.testing.assert_array_equal(calls[0][0].image, face_crop(photo, Framing(face.box, face.roll), size).image)
+    infer, calls = recording(engine)
+    aligned.run(photo, infer, caller_faces([face.box]))  # a caller's box is never rotated
+    np.testing.assert_array_equal(calls[0][0].image, face_crop(photo, Framing(face.box), size).image)
+
+
+def test_run_many_and_run_async_give_what_run_gives(engine, photo):
+    faces = [tilted((40.0, 50.0, 200.0, 210.0), 0.0), tilted((60.0, 60.0, 180.0, 190.0), 0.0)]
+    pipeline = Pipeline(PipelineOptions(), engine.config.input_size, FakeDetector(faces))
+    alone = [pipeline.run(photo, engine.infer), pipeline.run(photo[:, ::-1].copy(), engine.infer)]
+    infer, calls = recording(engine)
+    together = pipeline.run_many([(photo, None), (photo[:, ::-1].copy(), None)], infer, batch_size=3)
+    assert [len(c) for c in calls] == [3, 1, 3, 1]  # 4 first-pass crops in batches of 3, then 4 second-pass
+    for a, b in zip(alone, together, strict=True):
+        for fa, fb in zip(a.faces, b.faces, strict=True):
+            np.testing.assert_allclose(fa.landmarks.points, fb.landmarks.points, atol=1e-3)
+
+    async def infer_async(crops: list[Crop]) -> list[Landmarks]:
+        return engine.infer(crops)
+
+    async def offload(fn):  # noqa: ANN001, ANN202
+        return fn()
+
+    result = asyncio.run(pipeline.run_async(photo, infer_async, offload))
+    for fa, fb in zip(alone[0].faces, result.faces, strict=True):
+        np.testing.assert_allclose(fa.landmarks.points, fb.landmarks.points, atol=1e-3)
+
+
+def test_a_wrong_number_of_results_is_an_error_not_a_misassignment(engine, photo):
+    pipeline = Pipeline(PipelineOptions(), engine.config.input_size)
+    with pytest.raises(RuntimeError, match="1 results for 2 crops"):
+        pipeline.run(photo, lambda crops: engine.infer(crops[:1]), caller_faces([(0, 0, 50, 50), (60, 60, 120, 120)]))
+    with pytest.raises(ValueError, match="no face detector"):
+        pipeline.run(photo, engine.infer)

@@ -107,9 +107,13 @@ def test_unreadable_image_fails_with_its_name(tmp_path):
 
 
 def test_real_aflw2000_split_reads(aflw_dir):
-    val = read_aflw2000(aflw_dir, "val")
-    assert len(val) == 200
-    assert all(s.points.shape == (68, 2) and s.yaw is not None for s in val)
+    splits = {name: read_aflw2000(aflw_dir, name) for name in ("train", "val", "test")}
+    assert {k: len(v) for k, v in splits.items()} == {"train": 1200, "val": 200, "test": 200}
+    train, val, test = ({s.name for s in v} for v in splits.values())
+    assert not train & val
+    assert not train & test
+    assert not val & test
+    assert all(s.points.shape == (68, 2) and s.yaw is not None for s in splits["val"])
 
 
 def test_pts_folder_with_split_files(tmp_path):
@@ -127,9 +131,17 @@ def test_pts_folder_with_split_files(tmp_path):
 def test_real_300w_subset_split_reads(w300_dir):
     train = load_samples("pts_folder", w300_dir, "train")
     val = load_samples("pts_folder", w300_dir, "val")
-    assert (len(train), len(val)) == (1087, 120)
-    assert not {s.name for s in train} & {s.name for s in val}
-    assert {s.name.split("_")[0] for s in train} == {"afw", "helen"}
+    test = load_samples("pts_folder", w300_dir, "test")
+    assert (len(train), len(val), len(test)) == (1606, 200, 200)  # version 2: split by photo
+    photo = {"helen": lambda n: n.rsplit("_", 1)[0], "afw": lambda n: n.rsplit("_", 1)[0], "lfpw": lambda n: n}
+
+    def photos(samples):  # helen_<photo>_<face>, afw_<photo>_<face>, lfpw_image_<n>: one photo each
+        return {photo[s.name.split("_")[0]](s.name) for s in samples}
+
+    assert not photos(train) & photos(val)
+    assert not photos(train) & photos(test)
+    assert not photos(val) & photos(test)
+    assert {s.name.split("_")[0] for s in train} == {"afw", "helen", "lfpw"}
     for sample in val[:10]:
         h, w = load_image(sample.image).shape[:2]
         assert (sample.points >= -0.5).all()

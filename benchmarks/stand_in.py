@@ -1,0 +1,49 @@
+"""The service with a zero-cost stand-in for the network, to measure everything around it (front-end benchmarks).
+
+    python -m benchmarks.stand_in --host 127.0.0.1 --port 8000     # like dsc-landmarks-serve, same LANDMARKS_*
+
+:class:`StandInNet` gives constant heatmaps of the checkpoint's output shape (68 x 32²); the engine around it is
+the real one (decode, inverse affine, confidence), and so is everything else in the service. Its landmarks are
+meaningless: benchmarks only, never in the product's code path.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import torch
+from torch import Tensor, nn
+
+from app.main import run
+from app.settings import Settings
+from model.checkpoint import calibration_from_metadata, load_checkpoint
+from model.config import ModelConfig
+from model.inference import InferenceModel, prepare
+from model.network import Heatmaps
+
+
+class StandInNet(nn.Module):
+    """Constant heatmaps of a config's output shape at no cost, in :class:`model.network.LandmarkNet`'s place."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        size = config.heatmap_size
+        peak = torch.zeros(config.num_landmarks, size, size)
+        peak[:, size // 2, size // 2] = 1.0
+        self.peak: Tensor
+        self.register_buffer("peak", peak)
+
+    def forward(self, x: Tensor) -> Heatmaps:
+        maps = self.peak.expand(x.shape[0], -1, -1, -1)
+        return Heatmaps(maps, maps)
+
+
+def load_stand_in(settings: Settings) -> InferenceModel:
+    """The served checkpoint's engine (config, metadata, calibration, device) with the stand-in as its network."""
+    _, config, metadata = load_checkpoint(settings.checkpoint)
+    options = settings.pipeline_options()
+    return prepare(StandInNet(config), config, options, calibration_from_metadata(metadata), metadata)
+
+
+if __name__ == "__main__":
+    run(sys.argv[1:], loader=load_stand_in)
