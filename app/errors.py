@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from starlette.responses import JSONResponse
+
 
 class ServiceError(Exception):
     """Answered as ``{"error": code, "detail": detail}`` with ``status`` (and ``headers``, e.g. Retry-After).
@@ -38,3 +40,8 @@ def draining(detail: str = "the server is shutting down") -> ServiceError:
 def deadline_exceeded() -> ServiceError:
     """504 once a request passes ``LANDMARKS_REQUEST_TIMEOUT_S`` (upload, queue or inference)."""
     return ServiceError(504, "deadline_exceeded", "the request passed its deadline", reason="timeout")
+
+
+def error_response(error: ServiceError) -> JSONResponse:
+    """The one error body: ``{"error": code, "detail": message}`` with the error's status and headers."""
+    return JSONResponse({"error": error.code, "detail": error.detail}, status_code=error.status, headers=error.headers)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import os
 import signal
 import sys
@@ -17,19 +18,24 @@ import tempfile
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
+from wsgiref.simple_server import WSGIServer
 
 import cv2
 import torch
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
+from prometheus_client import CollectorRegistry, multiprocess, start_http_server
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from swagger_ui_bundle import swagger_ui_path
 
-from app.errors import ServiceError
+from app.access import AccessControl, KeyFileError, KeyRing, RateLimiter, parse_keys
+from app.errors import ServiceError, error_response
 from app.http import HeadLimits
 from app.metrics import Metrics
 from app.middleware import RequestContext
@@ -54,7 +60,7 @@ def _error_response(
     if status >= 400:
         request.app.state.metrics.rejected.labels(reason or code).inc()
     request.scope.setdefault("state", {})["error"] = code
-    return JSONResponse({"error": code, "detail": detail}, status_code=status, headers=headers)
+    return error_response(ServiceError(status, code, detail, headers))
 
 
 def _install_handlers(app: FastAPI) -> None:
@@ -135,10 +141,15 @@ async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
     warmup = asyncio.create_task(service.start())
     if app.state.handle_signals:
         _watch_sigterm(app, service)
+    # One process: the metrics port is served from here; several workers: by dsc-landmarks-serve's supervisor.
+    exporter = serve_metrics(settings, metrics.registry) if metrics.multiprocess_dir is None else None
     try:
         limits = HeadLimits(settings.header_timeout_s, settings.max_header_bytes, settings.max_headers)
         yield {"head_limits": limits}  # lifespan state: the connection guards of every worker read it
     finally:
+        if exporter is not None:
+            exporter.shutdown()
+            exporter.server_close()
         if not warmup.done():
             warmup.cancel()
         if not service.draining:
@@ -175,6 +186,11 @@ def startup_problem(settings: Settings) -> str | None:
         resolve_precision(settings.precision, device)
     except ValueError as exc:
         return f"LANDMARKS_PRECISION={settings.precision}: {exc}"
+    if settings.api_keys is not None:
+        try:
+            parse_keys(settings.api_keys.get_secret_value())
+        except KeyFileError as exc:
+            return f"LANDMARKS_API_KEYS: {exc}"
     try:
         YuNetDetector.from_options(settings.pipeline_options().detector)
     except DetectorError as exc:
@@ -219,8 +235,57 @@ def create_app(
     app.include_router(ops.router)
     _install_docs(app)
     _install_handlers(app)
-    app.add_middleware(RequestContext, metrics=metrics)
+    _install_access(app, settings, metrics)
+    app.add_middleware(RequestContext, metrics=metrics)  # outermost: times and logs every answer, refusals too
     return app
+
+
+def _install_access(app: FastAPI, settings: Settings, metrics: Metrics) -> None:
+    """API keys and rate limits (inner), CORS around them (so a 401 or 429 still carries CORS headers)."""
+    keys = KeyRing(parse_keys(settings.api_keys.get_secret_value())) if settings.api_keys else None
+    limiter = None
+    if settings.rate_limit:
+        limiter = RateLimiter(settings.rate_limit, settings.rate_burst or max(1, math.ceil(settings.rate_limit)))
+    if keys is not None or limiter is not None:
+        app.add_middleware(AccessControl, keys=keys, limiter=limiter, metrics=metrics)
+    if keys is not None:
+        _document_keys(app)
+    origins = settings.cors_origin_list()
+    if origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=origins,
+            allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", "X-API-Key", "Content-Type", "X-Request-ID"],
+            expose_headers=["X-Request-ID", "Retry-After"],
+            max_age=600,
+        )
+
+
+def _document_keys(app: FastAPI) -> None:
+    """/docs gets an Authorize button: the schema declares both ways of sending a key."""
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = get_openapi(title=app.title, version=app.version, summary=app.summary, routes=app.routes)
+            schema.setdefault("components", {})["securitySchemes"] = {
+                "bearer": {"type": "http", "scheme": "bearer"},
+                "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
+            }
+            schema["security"] = [{"bearer": []}, {"apiKey": []}]
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
+def serve_metrics(settings: Settings, registry: CollectorRegistry) -> WSGIServer | None:
+    """``/metrics`` on ``LANDMARKS_METRICS_PORT`` (a thread of this process), when set."""
+    if settings.metrics_port is None:
+        return None
+    server, _ = start_http_server(settings.metrics_port, settings.metrics_host, registry)
+    log.info("metrics on http://%s:%d/metrics", settings.metrics_host, settings.metrics_port)
+    return server
 
 
 def _configure_logging() -> None:
@@ -270,6 +335,10 @@ def run(argv: list[str] | None = None, loader: EngineLoader = load_engine) -> No
     folder.mkdir(parents=True, exist_ok=True)
     for stale in folder.glob("*.db"):  # values of an earlier run would be summed in
         stale.unlink()
+    if settings.metrics_port is not None:  # the workers share files; this supervisor serves their sum
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry, path=str(folder))
+        serve_metrics(settings, registry)
     if loader is not load_engine:
         sys.exit("LANDMARKS_WORKERS > 1 serves the checkpoint itself (the workers build their own app)")
     uvicorn.run("app.main:create_app", factory=True, workers=settings.workers, **common)

@@ -57,5 +57,5 @@ class RequestContext:
             log.info(json.dumps({
                 "request_id": request_id, "method": scope.get("method"), "route": scope["path"], "status": status,
                 "latency_ms": round(1000 * elapsed, 2), "faces": state.get("faces"),
-                "batch_sizes": state.get("batch_sizes"), "error": state.get("error"),
+                "batch_sizes": state.get("batch_sizes"), "error": state.get("error"), "caller": state.get("caller"),
             }))  # fmt: skip

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from model.checkpoint import SHIPPED_CHECKPOINT
@@ -76,6 +76,24 @@ class Settings(BaseSettings):
     max_header_bytes: int = Field(16_384, ge=1024, le=1_048_576, description="request line + headers, else 431")
     max_headers: int = Field(100, ge=10, le=10_000, description="header fields per request, else 431")
     keep_alive_s: int = Field(5, ge=1, le=600, description="idle seconds before a kept-alive connection closes")
+    api_keys: SecretStr | None = Field(
+        None,
+        description="API keys: 'key1,key2' or '@/path/file' (one per line); set: every route but health needs one "
+        "(Authorization: Bearer <key> or X-API-Key)",
+    )
+    rate_limit: float | None = Field(
+        None, gt=0, le=1_000_000, description="requests per second per caller (API key, else client address)"
+    )
+    rate_burst: int | None = Field(
+        None, ge=1, le=1_000_000, description="requests a caller may send at once (default: the rate, at least 1)"
+    )
+    metrics_port: int | None = Field(
+        None, ge=1, le=65535, description="serve /metrics on this port instead of the public one (404 there)"
+    )
+    metrics_host: str = Field("0.0.0.0", description="address the metrics port binds")
+    cors_origins: str | None = Field(
+        None, description="comma-separated origins browsers may call the API from ('*': any); unset: no CORS"
+    )
     warmup_batches: int = Field(2, ge=0, le=100, description="forwards before /health/ready turns 200")
     drain_timeout_s: float = Field(20.0, ge=0, le=600, description="on SIGTERM, time to finish queued work")
 
@@ -92,6 +110,9 @@ class Settings(BaseSettings):
                 f"LANDMARKS_MAX_IMAGE_PIXELS ({self.max_image_pixels}), or an image under the limit could never run"
             )
         return self
+
+    def cors_origin_list(self) -> list[str]:
+        return [o.strip() for o in (self.cors_origins or "").split(",") if o.strip()]
 
     def pipeline_options(self) -> PipelineOptions:
         """The settings that decide how a photo becomes landmarks, as the pipeline's one options object."""

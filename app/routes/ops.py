@@ -9,7 +9,7 @@ from fastapi.responses import HTMLResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from app.deps import MetricsDep, ServiceDep
-from app.errors import not_ready
+from app.errors import ServiceError, not_ready
 from app.schemas import ErrorResponse, Health, ModelCard
 
 router = APIRouter(tags=["operations"])
@@ -73,5 +73,7 @@ async def model_card(service: ServiceDep) -> ModelCard:
 @router.get(
     "/metrics", summary="Prometheus metrics", response_class=Response, responses={200: {"content": {"text/plain": {}}}}
 )
-async def metrics(m: MetricsDep) -> Response:
+async def metrics(m: MetricsDep, request: Request) -> Response:
+    if request.app.state.settings.metrics_port is not None:  # served on the internal port only
+        raise ServiceError(404, "not_found", "Not Found")
     return Response(m.render(), media_type=CONTENT_TYPE_LATEST)

@@ -36,28 +36,61 @@ def landmark_pixels(rgb: np.ndarray, box: tuple[int, int, int, int]) -> int:
     return int(((region[..., 2] < 40) & (np.maximum(region[..., 0], region[..., 1]) > 180)).sum())
 
 
-def test_upload_the_portrait_and_see_its_landmarks(tmp_path):
-    from selenium.webdriver.common.by import By
-    from selenium.webdriver.support.ui import WebDriverWait
-
+def chrome():  # noqa: ANN201
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
     for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1280,900"):
         options.add_argument(flag)
+    return webdriver.Chrome(service=webdriver.ChromeService(executable_path=DRIVER), options=options)
+
+
+def wait_for_answer(driver) -> None:  # noqa: ANN001
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    WebDriverWait(driver, 60).until(
+        lambda d: (
+            d.execute_script("return document.getElementById('canvas').dataset.faces")
+            or "error" in d.find_element(By.ID, "status").get_attribute("class")
+        )
+    )
+
+
+def test_with_api_keys_the_page_asks_for_a_key_and_then_draws(tmp_path):
+    from selenium.webdriver.common.by import By
+
+    with running_server(SHIPPED_CHECKPOINT, tmp_path / "server.log", api_keys="s3cret,other") as (base, _):
+        driver = chrome()
+        try:
+            driver.get(f"{base}/")  # the page itself is open
+            upload = driver.find_element(By.ID, "file")
+            driver.execute_script("arguments[0].hidden = false", upload)
+            upload.send_keys(str(PORTRAIT))
+            wait_for_answer(driver)
+            assert "API key" in driver.find_element(By.ID, "status").text
+            assert driver.find_element(By.ID, "keybox").is_displayed()
+            driver.find_element(By.ID, "apikey").send_keys("s3cret")
+            driver.find_element(By.ID, "usekey").click()  # re-sends the same photo with the key
+            wait_for_answer(driver)
+            assert driver.execute_script("return document.getElementById('canvas').dataset.faces") == "1"
+            assert not driver.find_element(By.ID, "keybox").is_displayed()
+        finally:
+            driver.quit()
+    assert "s3cret" not in (tmp_path / "server.log").read_text()  # never logged
+
+
+def test_upload_the_portrait_and_see_its_landmarks(tmp_path):
+    from selenium.webdriver.common.by import By
+
     with running_server(SHIPPED_CHECKPOINT, tmp_path / "server.log") as (base, _):
-        driver = webdriver.Chrome(service=webdriver.ChromeService(executable_path=DRIVER), options=options)
+        driver = chrome()
         try:
             driver.get(f"{base}/")
             assert "dsc-landmarks" in driver.title
             upload = driver.find_element(By.ID, "file")
             driver.execute_script("arguments[0].hidden = false", upload)
             upload.send_keys(str(PORTRAIT))
-            WebDriverWait(driver, 60).until(
-                lambda d: (
-                    d.execute_script("return document.getElementById('canvas').dataset.faces")
-                    or "error" in d.find_element(By.ID, "status").get_attribute("class")
-                )
-            )
+            wait_for_answer(driver)
             status = driver.find_element(By.ID, "status").text
             assert driver.execute_script("return document.getElementById('canvas').dataset.faces") == "1", status
             assert "1 face(s)" in status

@@ -47,9 +47,12 @@ def post_image(base: str, data: bytes) -> int:
 @pytest.mark.skipif(shutil.which("prometheus") is None, reason="prometheus not installed (apt-get install prometheus)")
 def test_prometheus_scrapes_the_app_and_answers_the_latency_query(tiny_checkpoint, tmp_path: Path):
     config = yaml.safe_load((ROOT / "docker" / "prometheus.yml").read_text())
-    with running_server(tiny_checkpoint, tmp_path / "server.log") as (base, _):
+    metrics_port = free_port()  # as in Compose: /metrics on its own, internal port
+    internal = {"metrics_port": str(metrics_port), "metrics_host": "127.0.0.1"}
+    with running_server(tiny_checkpoint, tmp_path / "server.log", **internal) as (base, _):
         job = config["scrape_configs"][0]
-        job["static_configs"] = [{"targets": [base.removeprefix("http://")]}]
+        assert all(t.endswith(":9100") for c in job["static_configs"] for t in c["targets"])
+        job["static_configs"] = [{"targets": [f"127.0.0.1:{metrics_port}"]}]
         config["global"]["scrape_interval"] = "1s"
         (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
         port = free_port()

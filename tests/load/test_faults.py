@@ -420,17 +420,21 @@ def test_two_worker_processes_share_the_load_and_sum_their_metrics_then_drain(ti
     metrics_dir = tmp_path / "prometheus"
     metrics_dir.mkdir()
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)  # inherited by the server it starts
+    port = free_port()
+    internal = f"http://127.0.0.1:{port}"  # LANDMARKS_METRICS_PORT: the supervisor serves every worker's sum
+    settings = {"workers": "2", "metrics_port": str(port), "metrics_host": "127.0.0.1"}
     try:
-        with running_server(tiny_checkpoint, tmp_path / "server.log", workers="2") as (base, proc):
+        with running_server(tiny_checkpoint, tmp_path / "server.log", **settings) as (base, proc):
             # /health/ready (and the livemin gauge) can answer 1 while the other worker has not started yet: wait
             # for each worker's own "ready" line, as benchmarks.gpu_service_bench does.
             wait_for_workers(tmp_path / "server.log", 2, timeout_s=60)
-            assert metric(base, "landmarks_ready") == 1
+            assert metric(internal, "landmarks_ready") == 1
+            assert http_status(f"{base}/metrics") == 404  # not on the public port
             threads, results = fire(base, 16)
             for t in threads:
                 t.join(timeout=120)
             assert results == [200] * 16
-            assert metric(base, "landmarks_faces_total") == 16  # every worker's count, whichever one answers
+            assert metric(internal, "landmarks_faces_total") == 16  # every worker's count
             pids = {
                 int(p.stem.rsplit("_", 1)[-1])
                 for p in metrics_dir.glob("*_*.db")
