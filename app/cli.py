@@ -31,7 +31,7 @@ from app.imaging import decode_image
 from app.responses import Prediction, render_png, to_response
 from app.service import build_detector, load_engine
 from app.settings import Settings
-from model.checkpoint import CheckpointError
+from model.artifacts import CheckpointError
 from model.detector import DetectorError
 from model.landmarks import format_pts
 from model.pipeline import Engine, FaceBox, Image, Pipeline, caller_faces
@@ -132,6 +132,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-faces", help="most faces per photo")
     parser.add_argument("--checkpoint", type=Path, help="overrides LANDMARKS_CHECKPOINT")
     parser.add_argument("--device", help="overrides LANDMARKS_DEVICE")
+    parser.add_argument("--runtime", choices=["torch", "onnxruntime"], help="overrides LANDMARKS_RUNTIME")
+    parser.add_argument("--onnx-model", type=Path, help="overrides LANDMARKS_ONNX_MODEL")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (it shows on a terminal only)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
@@ -144,7 +146,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.out and len(photos) > 1:
         print("error: --out is for a single photo; use --render DIR for several", file=sys.stderr)
         return 2
-    overrides = {k: v for k, v in {"checkpoint": args.checkpoint, "device": args.device}.items() if v is not None}
+    given = {"checkpoint": args.checkpoint, "device": args.device, "runtime": args.runtime}
+    given["onnx_model"] = args.onnx_model
+    overrides = {k: v for k, v in given.items() if v is not None}
     try:
         settings = Settings(**overrides)
         max_faces = parse_max_faces(args.max_faces, settings.max_faces)

@@ -21,7 +21,6 @@ from typing import Any
 from wsgiref.simple_server import WSGIServer
 
 import cv2
-import torch
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
@@ -42,9 +41,8 @@ from app.middleware import RequestContext
 from app.routes import landmarks, ops
 from app.service import EngineLoader, LandmarkService, load_engine, load_service
 from app.settings import Settings
-from model.checkpoint import CheckpointError, load_checkpoint
+from model.artifacts import CheckpointError
 from model.detector import DetectorError, YuNetDetector
-from model.inference import resolve_device, resolve_precision
 
 log = logging.getLogger("app")
 
@@ -113,9 +111,10 @@ def _watch_sigterm(app: FastAPI, service: LandmarkService) -> None:
 def _share_cores(settings: Settings) -> None:
     """Thread pools inside torch and OpenCV: one process may use every core; LANDMARKS_WORKERS processes share
     them (each one's pools default to cores / workers, so 16 workers do not start 16 x 16 spinning threads)."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)  # macOS
-    share = max(1, cores // settings.workers)
-    if settings.torch_threads or settings.workers > 1:
+    share = settings.core_share()
+    if settings.runtime == "torch" and (settings.torch_threads or settings.workers > 1):
+        import torch  # the onnxruntime service has no torch; ONNX Runtime's threads are set on its session
+
         torch.set_num_threads(settings.torch_threads or share)
     cv2.setNumThreads(settings.opencv_threads or share)
 
@@ -172,8 +171,23 @@ def _install_docs(app: FastAPI) -> None:
         )
 
 
-def startup_problem(settings: Settings) -> str | None:
-    """What would stop the start, in one line naming the variable or file, checked before uvicorn serves."""
+def runtime_problem(settings: Settings) -> str | None:
+    """The model file, device and precision for the chosen runtime (torch is imported only for torch)."""
+    if settings.runtime == "onnxruntime":
+        if settings.device not in ("auto", "cpu"):
+            return f"LANDMARKS_DEVICE={settings.device}: LANDMARKS_RUNTIME=onnxruntime runs on the CPU (auto or cpu)"
+        if settings.precision not in ("auto", "fp32"):
+            return f"LANDMARKS_PRECISION={settings.precision}: the ONNX model runs in fp32 (auto or fp32)"
+        from model.onnx_engine import OnnxEngine
+
+        try:
+            OnnxEngine(settings.onnx_model, threads=1)
+        except CheckpointError as exc:
+            return f"LANDMARKS_ONNX_MODEL: {exc}"
+        return None
+    from model.checkpoint import load_checkpoint
+    from model.inference import resolve_device, resolve_precision
+
     try:
         load_checkpoint(settings.checkpoint)
     except CheckpointError as exc:
@@ -186,6 +200,14 @@ def startup_problem(settings: Settings) -> str | None:
         resolve_precision(settings.precision, device)
     except ValueError as exc:
         return f"LANDMARKS_PRECISION={settings.precision}: {exc}"
+    return None
+
+
+def startup_problem(settings: Settings) -> str | None:
+    """What would stop the start, in one line naming the variable or file, checked before uvicorn serves."""
+    problem = runtime_problem(settings)
+    if problem:
+        return problem
     if settings.api_keys is not None:
         try:
             parse_keys(settings.api_keys.get_secret_value())

@@ -21,7 +21,6 @@ from app.memory import malloc_trim, return_memory_when_idle
 from app.metrics import Metrics
 from app.responses import Prediction
 from app.settings import Settings
-from model.checkpoint import load_for_inference
 from model.detector import YuNetDetector
 from model.geometry import Box
 from model.pipeline import Crop, Detector, Engine, Landmarks, Pipeline, caller_faces
@@ -139,7 +138,14 @@ EngineLoader = Callable[[Settings], Engine]
 
 
 def load_engine(settings: Settings) -> Engine:
-    """The served checkpoint as the torch engine, with the settings' device, precision, batch size and graphs."""
+    """The served model on its runtime: the checkpoint on torch (the settings' device, precision, batch size and
+    graphs), or the exported ONNX file on ONNX Runtime's CPU provider (imported only then: no torch needed)."""
+    if settings.runtime == "onnxruntime":
+        from model.onnx_engine import OnnxEngine
+
+        return OnnxEngine(settings.onnx_model, threads=settings.torch_threads or settings.core_share())
+    from model.checkpoint import load_for_inference
+
     return load_for_inference(settings.checkpoint, settings.pipeline_options())
 
 

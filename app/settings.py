@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import importlib.util
+import os
 from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from model.checkpoint import SHIPPED_CHECKPOINT
+from model.artifacts import SHIPPED_CHECKPOINT, SHIPPED_ONNX
 from model.detector import DetectorOptions
 from model.pipeline import PipelineOptions
 
@@ -21,7 +23,15 @@ class Settings(BaseSettings):
         env_prefix="LANDMARKS_", env_ignore_empty=True, frozen=True, protected_namespaces=()
     )
 
-    checkpoint: Path = Field(SHIPPED_CHECKPOINT, description="model checkpoint to serve")
+    runtime: Literal["auto", "torch", "onnxruntime"] = Field(
+        "auto",
+        description="torch: serve LANDMARKS_CHECKPOINT; onnxruntime: serve LANDMARKS_ONNX_MODEL on the CPU; auto: "
+        "torch when it is installed, else onnxruntime (the slim image)",
+    )
+    checkpoint: Path = Field(SHIPPED_CHECKPOINT, description="model checkpoint to serve (runtime torch)")
+    onnx_model: Path = Field(
+        SHIPPED_ONNX, description="exported model to serve (runtime onnxruntime; made by python -m training.export)"
+    )
     device: str = Field("auto", description="auto (CUDA when available, else CPU), cpu, cuda or cuda:N")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
         "auto", description="auto: fp16 on CUDA, bf16 on CPUs with native bf16 (AVX512-BF16/AMX), else fp32"
@@ -111,6 +121,11 @@ class Settings(BaseSettings):
             )
         return self
 
+    def core_share(self) -> int:
+        """Cores per server process: every core for one, cores / workers for several."""
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)  # macOS
+        return max(1, cores // self.workers)
+
     def cors_origin_list(self) -> list[str]:
         return [o.strip() for o in (self.cors_origins or "").split(",") if o.strip()]
 
@@ -131,6 +146,13 @@ class Settings(BaseSettings):
                 min_face_px=self.detector_min_face_px,
             ),
         )
+
+    @field_validator("runtime")
+    @classmethod
+    def _runtime(cls, value: str) -> str:
+        if value == "auto":
+            return "torch" if importlib.util.find_spec("torch") is not None else "onnxruntime"
+        return value
 
     @field_validator("device")
     @classmethod

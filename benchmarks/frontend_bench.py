@@ -21,7 +21,7 @@ from pathlib import Path
 from benchmarks.common import machine, publish, table
 from benchmarks.server import running_server, tree_cpu_seconds
 from benchmarks.service_bench import drive, warm_up, write_bodies
-from model.checkpoint import SHIPPED_CHECKPOINT
+from model.artifacts import SHIPPED_CHECKPOINT
 
 
 def get_args_parser() -> argparse.ArgumentParser:

@@ -27,7 +27,7 @@ import torch
 from benchmarks.common import publish, table
 from benchmarks.server import host_jiffies, running_server, tree_cpu_seconds
 from benchmarks.service_bench import DATA, drive, raw_throughput, warm_up, write_bodies
-from model.checkpoint import SHIPPED_CHECKPOINT
+from model.artifacts import SHIPPED_CHECKPOINT
 
 READY_LINE = re.compile(r"process \d+ ready \(warm-up")  # logged by each server process once it has warmed up
 

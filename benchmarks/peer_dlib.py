@@ -27,7 +27,8 @@ from typing import Any
 import numpy as np
 
 from benchmarks.common import machine, table
-from model.checkpoint import SHIPPED_CHECKPOINT, load_for_inference
+from model.artifacts import SHIPPED_CHECKPOINT
+from model.checkpoint import load_for_inference
 from model.detector import YuNetDetector, match_detection
 from model.geometry import as_box, box_from_points
 from model.inference import InferenceModel

@@ -23,7 +23,8 @@ import torch
 
 from benchmarks.common import machine, table, timeit
 from benchmarks.server import running_server
-from model.checkpoint import SHIPPED_CHECKPOINT, load_for_inference
+from model.artifacts import SHIPPED_CHECKPOINT
+from model.checkpoint import load_for_inference
 from model.pipeline import PipelineOptions
 from training.datasets import read_aflw2000
 

@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 
+from model.artifacts import CheckpointError
 from model.codec import CONFIDENCE_SCORE, Calibration
 from model.config import ModelConfig
 from model.inference import InferenceModel, prepare
@@ -26,12 +27,7 @@ from model.network import LandmarkNet, build_model
 from model.pipeline import PipelineOptions
 
 FORMAT = "dsc-landmarks/1"
-SHIPPED_CHECKPOINT = Path(__file__).resolve().parent / "weights" / "dsc_landmarks_cpu.pt"  # what the service serves
 log = logging.getLogger(__name__)
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint is missing, unreadable, of another format, or does not match the expected configuration."""
 
 
 def save_checkpoint(

@@ -38,12 +38,14 @@ class Calibration:
             raise ValueError("calibration ys must be non-decreasing and within [0, 1]")
 
     def __call__(self, raw: Tensor) -> Tensor:
-        xs = torch.tensor(self.xs, dtype=raw.dtype, device=raw.device)
-        ys = torch.tensor(self.ys, dtype=raw.dtype, device=raw.device)
-        x = raw.clamp(xs[0], xs[-1])
-        idx = torch.searchsorted(xs, x.contiguous(), right=True).clamp(1, len(self.xs) - 1)
-        x0, x1, y0, y1 = xs[idx - 1], xs[idx], ys[idx - 1], ys[idx]
-        return y0 + (y1 - y0) * (x - x0) / (x1 - x0)
+        """The map as a sum of clamped ramps, one per segment: ``y0 + sum_i (y_i+1 - y_i) * clamp((x - x_i) /
+        (x_i+1 - x_i), 0, 1)`` — the piecewise-linear interpolation with flat ends, in elementwise ops only, so
+        it exports to ONNX as it runs here."""
+        out = torch.full_like(raw, self.ys[0])
+        for x0, x1, y0, y1 in zip(self.xs, self.xs[1:], self.ys, self.ys[1:], strict=False):
+            if y1 != y0:
+                out = out + (y1 - y0) * ((raw - x0) / (x1 - x0)).clamp(0.0, 1.0)
+        return out
 
 
 def encode(points: Tensor, size: int, sigma: float) -> Tensor:

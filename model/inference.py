@@ -219,6 +219,16 @@ class InferenceModel:
         coarse_points, coarse_peak = decode(heatmaps.coarse)
         return points, peak, coarse_points, coarse_peak
 
+    def finish(self, heads: Heads, inverse: Tensor, with_coarse: bool) -> list[Tensor]:
+        """Decoded heads -> image-space points, calibrated confidence (and stage 1's points): the step after the
+        network, here and in the exported ONNX graph (:class:`ExportGraph`)."""
+        points, peak, coarse_points, coarse_peak = heads
+        stride = self.config.heatmap_stride
+        results = [heatmap_to_image(points, inverse, stride), confidence(peak, coarse_peak, self.calibration)]
+        if with_coarse:
+            results.append(heatmap_to_image(coarse_points, inverse, stride))
+        return results
+
     @torch.inference_mode()
     def __call__(self, crops: Tensor, inverse_matrices: Tensor, with_coarse: bool = False) -> LandmarkOutput:
         """Run a batch.
@@ -230,12 +240,7 @@ class InferenceModel:
         """
         crops = crops.to(self.device, non_blocking=True)
         heads = self._graphs(crops) if self._graphs is not None else self._heads(crops)
-        points, peak, coarse_points, coarse_peak = heads
-        stride = self.config.heatmap_stride
-        inverse = inverse_matrices.to(self.device)
-        results = [heatmap_to_image(points, inverse, stride), confidence(peak, coarse_peak, self.calibration)]
-        if with_coarse:
-            results.append(heatmap_to_image(coarse_points, inverse, stride))
+        results = self.finish(heads, inverse_matrices.to(self.device), with_coarse)
         host = self._to_host(results)
         return LandmarkOutput(host[0], host[1], coarse_points=host[2] if with_coarse else None)
 
@@ -276,6 +281,21 @@ class InferenceModel:
             landed.record()
             landed.synchronize()
         return host
+
+
+class ExportGraph(nn.Module):
+    """The whole engine as one module for ``torch.onnx.export``: uint8 crops ``(N, S, S, 3)`` and crop -> image
+    affines ``(N, 2, 3)`` in, image-space ``points`` ``(N, K, 2)``, calibrated ``confidence`` ``(N, K)`` and
+    stage 1's ``coarse_points`` out — the same functions the torch engine runs (fp32, no CUDA graphs)."""
+
+    def __init__(self, engine: InferenceModel) -> None:
+        super().__init__()
+        self.engine = engine
+        self.net = engine.net  # registered, so the export sees the weights
+
+    def forward(self, crops: Tensor, inverse: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        points, conf, coarse = self.engine.finish(self.engine._heads(crops), inverse, with_coarse=True)
+        return points, conf, coarse
 
 
 def _average_with_flip(plain: Heatmaps, flipped: Heatmaps) -> Heatmaps:

@@ -27,7 +27,8 @@ import numpy as np
 import torch
 from scipy.optimize import isotonic_regression
 
-from model.checkpoint import CheckpointError, load_checkpoint, load_for_inference, save_checkpoint
+from model.artifacts import CheckpointError
+from model.checkpoint import load_checkpoint, load_for_inference, save_checkpoint
 from model.codec import CONFIDENCE_SCORE, Calibration
 from model.inference import InferenceModel
 from model.pipeline import PipelineOptions

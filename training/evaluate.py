@@ -25,7 +25,8 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from model.checkpoint import CheckpointError, load_for_inference
+from model.artifacts import CheckpointError
+from model.checkpoint import load_for_inference
 from model.detector import YuNetDetector, match_detection
 from model.geometry import as_box, box_from_points
 from model.inference import InferenceModel

@@ -28,7 +28,8 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Sampler
 
-from model.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from model.artifacts import CheckpointError
+from model.checkpoint import load_checkpoint, save_checkpoint
 from model.config import ModelConfig
 from model.inference import InferenceModel, cpu_supports_bf16, resolve_device
 from model.network import LandmarkNet, build_model, to_channels_last

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from model.checkpoint import SHIPPED_CHECKPOINT
+from model.artifacts import SHIPPED_CHECKPOINT
 from tests.app.conftest import open_client, png_bytes
 from training.datasets import read_aflw2000
 from training.metrics import box_size, nme

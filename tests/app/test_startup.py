@@ -7,7 +7,8 @@ import torch
 from fastapi.testclient import TestClient
 
 from app.main import _share_cores, create_app
-from model.checkpoint import CheckpointError, save_checkpoint
+from model.artifacts import CheckpointError
+from model.checkpoint import save_checkpoint
 from model.network import build_model
 from tests.app.conftest import make_settings
 from tests.conftest import tiny_config

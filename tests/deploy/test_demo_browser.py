@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from benchmarks.server import ROOT, running_server
-from model.checkpoint import SHIPPED_CHECKPOINT
+from model.artifacts import SHIPPED_CHECKPOINT
 
 PORTRAIT = ROOT / "tests" / "data" / "astronaut.jpg"
 

@@ -24,7 +24,8 @@ from PIL import Image
 
 from benchmarks.gpu_service_bench import READY_LINE, wait_for_workers
 from benchmarks.server import ROOT, free_port, http_status, running_server
-from model.checkpoint import SHIPPED_CHECKPOINT, save_checkpoint
+from model.artifacts import SHIPPED_CHECKPOINT
+from model.checkpoint import save_checkpoint
 from model.config import cpu
 from model.network import build_model
 from tests.app.conftest import png_bytes

@@ -3,8 +3,8 @@ import dataclasses
 import pytest
 import torch
 
+from model.artifacts import CheckpointError
 from model.checkpoint import (
-    CheckpointError,
     calibration_from_metadata,
     load_checkpoint,
     load_for_inference,

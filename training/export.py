@@ -1,0 +1,134 @@
+"""Export a checkpoint as one ONNX file: ``python -m training.export [--checkpoint CKPT] [--out FILE.onnx]``.
+
+The graph is the whole engine (:class:`model.inference.ExportGraph`): uint8 RGB crops ``(N, S, S, 3)`` and their
+crop -> image affines ``(N, 2, 3)`` in; image-space ``points`` ``(N, 68, 2)``, calibrated ``confidence``
+``(N, 68)`` and stage 1's ``coarse_points`` out, with a dynamic batch. The model's config, name, version,
+training metadata, normalisation and calibration travel in the file's metadata (``dsc_landmarks``), so
+:class:`model.onnx_engine.OnnxEngine` serves it without PyTorch. After writing, the file is run on ONNX Runtime
+against PyTorch on the same crops (real faces with ``--data``) and the largest landmark difference is printed;
+the export fails if it exceeds ``--tolerance`` pixels.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from model.artifacts import SHIPPED_CHECKPOINT, SHIPPED_ONNX, CheckpointError
+from model.checkpoint import load_for_inference
+from model.geometry import as_box, box_from_points
+from model.inference import ExportGraph, InferenceModel
+from model.network import PIXEL_MEAN, PIXEL_SCALE
+from model.onnx_engine import INPUTS, METADATA_KEY, OUTPUTS, OnnxEngine
+from model.pipeline import Crop, Framing, PipelineOptions, face_crop
+
+log = logging.getLogger("training.export")
+OPSET = 18
+
+
+def export(engine: InferenceModel, out: Path, opset: int = OPSET) -> None:
+    """Write ``engine`` (fp32, eager) as ONNX with its metadata."""
+    import onnx
+
+    graph = ExportGraph(engine).eval()
+    size = engine.config.input_size
+    crops = torch.zeros((2, size, size, 3), dtype=torch.uint8)
+    inverse = torch.eye(2, 3).expand(2, 2, 3).contiguous()
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".tmp.onnx")
+    with torch.no_grad():
+        program = torch.onnx.export(
+            graph,
+            (crops, inverse),
+            dynamo=True,
+            input_names=list(INPUTS),
+            output_names=list(OUTPUTS),
+            dynamic_shapes={"crops": {0: batch}, "inverse": {0: batch}},
+            opset_version=opset,
+            external_data=False,
+        )
+    assert program is not None
+    program.save(str(tmp), external_data=False)
+    model = onnx.load(str(tmp))
+    info = {
+        "config": engine.config.to_dict(),
+        "metadata": engine.metadata,
+        "opset": opset,
+        "inputs": {"crops": "uint8 (N, S, S, 3) RGB", "inverse": "float32 (N, 2, 3) crop -> image"},
+        "outputs": {"points": "(N, K, 2) image px", "confidence": "(N, K) in [0, 1]", "coarse_points": "(N, K, 2)"},
+        "normalisation": {"mean": float(PIXEL_MEAN), "scale": float(PIXEL_SCALE), "layout": "NHWC uint8 RGB"},
+    }
+    del model.metadata_props[:]
+    entry = model.metadata_props.add()
+    entry.key, entry.value = METADATA_KEY, json.dumps(info)
+    onnx.checker.check_model(model)
+    onnx.save(model, str(tmp))
+    tmp.replace(out)
+    for leftover in out.parent.glob(tmp.name + "*"):
+        leftover.unlink()
+
+
+def check_crops(size: int, data: Path | None, count: int = 64) -> list[Crop]:
+    """Real faces of a 300-W style folder's val split (ground-truth boxes), else random crops."""
+    if data is not None:
+        from training.datasets import load_image, load_samples
+
+        samples = load_samples("pts_folder", data, "val")[:count]
+        framings = [Framing(as_box(box_from_points(s.points))) for s in samples]
+        return [face_crop(load_image(s.image), f, size) for s, f in zip(samples, framings, strict=True)]
+    rng = np.random.default_rng(0)
+    return [Crop(rng.integers(0, 255, (size, size, 3), np.uint8), np.eye(2, 3) * 2) for _ in range(count)]
+
+
+def max_difference(engine: InferenceModel, onnx_engine: OnnxEngine, crops: list[Crop]) -> dict[str, float]:
+    """Largest absolute difference of ONNX Runtime against PyTorch: landmarks (px) and confidence."""
+    ours, theirs = [], []
+    for start in range(0, len(crops), 16):
+        ours += engine.infer(crops[start : start + 16])
+        theirs += onnx_engine.infer(crops[start : start + 16])
+    return {
+        "points_px": float(max(np.abs(a.points - b.points).max() for a, b in zip(ours, theirs, strict=True))),
+        "confidence": float(max(np.abs(a.confidence - b.confidence).max() for a, b in zip(ours, theirs, strict=True))),
+    }
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--checkpoint", type=Path, default=SHIPPED_CHECKPOINT)
+    p.add_argument("--out", type=Path, default=None, help="default: the checkpoint's path with .onnx")
+    p.add_argument("--opset", type=int, default=OPSET)
+    p.add_argument("--data", type=Path, default=None, help="check on this 300-W style folder's val faces")
+    p.add_argument("--tolerance", type=float, default=0.01, help="largest landmark difference allowed, px")
+    return p
+
+
+def main(args: argparse.Namespace) -> dict[str, float]:
+    engine = load_for_inference(args.checkpoint, PipelineOptions(device="cpu", precision="fp32", cuda_graphs=False))
+    out = args.out or (SHIPPED_ONNX if args.checkpoint == SHIPPED_CHECKPOINT else args.checkpoint.with_suffix(".onnx"))
+    export(engine, out)
+    diff = max_difference(engine, OnnxEngine(out), check_crops(engine.config.input_size, args.data))
+    log.info("wrote %s (%.1f MB); ONNX Runtime vs PyTorch: %s", out, out.stat().st_size / 1e6, diff)
+    if diff["points_px"] > args.tolerance:
+        raise ValueError(f"ONNX Runtime differs from PyTorch by {diff['points_px']:.4f} px (> {args.tolerance})")
+    return diff
+
+
+def cli() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("onnx_ir").setLevel(logging.WARNING)  # one line per folded constant otherwise
+    try:
+        main(get_args_parser().parse_args())
+    except (CheckpointError, ValueError) as exc:
+        log.error("%s", exc)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    cli()
