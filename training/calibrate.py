@@ -32,6 +32,7 @@ from model.checkpoint import load_checkpoint, load_for_inference, save_checkpoin
 from model.codec import CONFIDENCE_SCORE, Calibration
 from model.inference import InferenceModel
 from model.pipeline import PipelineOptions
+from training.config import REPORT_ONLY_SPLITS
 from training.datasets import DataError, samples_from_spec
 from training.evaluate import run
 from training.metrics import box_size, point_errors, spearman
@@ -113,6 +114,9 @@ class SetScores:
 
 
 def score_set(engine: InferenceModel, spec: str, tolerance: float) -> SetScores:
+    split = spec.split(":")[2] if spec.count(":") >= 2 else ""
+    if split in REPORT_ONLY_SPLITS:
+        raise ValueError(f"{spec}: a calibration is fitted on val, never on a test split ({split!r})")
     samples = samples_from_spec(spec)
     ev = run(engine, samples, "gt", PipelineOptions(device="cpu", precision="fp32", max_batch_size=32))
     gt = np.stack([s.points for s in ev.samples])

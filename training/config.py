@@ -47,6 +47,18 @@ def _as_list(value: Any) -> Any:
     return [value] if isinstance(value, dict | DatasetSpec) else value
 
 
+REPORT_ONLY_SPLITS = {"test", "full", "common", "challenging"}  # test splits, and the 300-W test protocol's subsets
+
+
+def refuse_test_split(spec: DatasetSpec, role: str) -> None:
+    """Nothing is chosen on a test split: a checkpoint, a calibration or a setting chosen there is not tested."""
+    if spec.split is not None and spec.split in REPORT_ONLY_SPLITS:
+        raise ValueError(
+            f"{role} data set {spec.key!r} uses split {spec.split!r}, which is for the final report only: "
+            "choose (checkpoints, calibration, settings) on a val split"
+        )
+
+
 class OptimConfig(_Frozen):
     """Optimiser and schedule. Defaults are the paper's §4.2.1: RMSprop, momentum 0.9, wd 1e-4, lr 1e-4 -> 1e-6."""
 
@@ -94,6 +106,8 @@ class TrainConfig(_Frozen):
     def _check_names(self) -> TrainConfig:
         if not self.train:
             raise ValueError("train lists no data set")
+        for spec in self.val:
+            refuse_test_split(spec, "val")
         names = [spec.key for spec in self.val]
         if len(set(names)) != len(names):
             raise ValueError(f"val data sets need distinct names, got {names}")

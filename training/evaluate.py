@@ -29,8 +29,7 @@ from model.artifacts import CheckpointError
 from model.checkpoint import load_for_inference
 from model.detector import YuNetDetector, match_detection
 from model.geometry import as_box, box_from_points
-from model.inference import InferenceModel
-from model.pipeline import FaceBox, Landmarks, Pipeline, PipelineOptions, caller_faces
+from model.pipeline import Engine, FaceBox, Landmarks, Pipeline, PipelineOptions, caller_faces
 from model.render import draw_landmarks
 from training.datasets import W300_SUBSETS, DataError, Sample, load_image, load_samples
 from training.metrics import NORMALISERS, ced, nme, point_errors, spearman, summarise, yaw_table
@@ -70,7 +69,7 @@ def find_faces(samples: list[Sample], boxes: str) -> tuple[list[Sample], list[Fa
     return kept, faces
 
 
-def run(engine: InferenceModel, samples: list[Sample], boxes: str, options: PipelineOptions) -> Evaluation:
+def run(engine: Engine, samples: list[Sample], boxes: str, options: PipelineOptions) -> Evaluation:
     """Predict every sample's face through :class:`model.pipeline.Pipeline`, as the service does: ``boxes`` ``gt``
     or ``detector``; the options' second pass (detected faces only) and alignment apply as they do in service."""
     chosen, faces = find_faces(samples, boxes)

@@ -75,12 +75,49 @@ def export(engine: InferenceModel, out: Path, opset: int = OPSET) -> None:
         leftover.unlink()
 
 
-def check_crops(size: int, data: Path | None, count: int = 64) -> list[Crop]:
-    """Real faces of a 300-W style folder's val split (ground-truth boxes), else random crops."""
+def quantize_int8(src: Path, dst: Path, crops: list[Crop]) -> None:
+    """ONNX Runtime static int8 of the convolutions only (QDQ, per-channel weights, uint8 activations calibrated on
+    ``crops``): what FC-DenseNet's BN-ReLU-conv order allows (its batch norms cannot fold into the convs). The
+    metadata is carried over. Measured, not shipped: see ``benchmarks/results/runtimes.md``."""
+    import onnx
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.items = iter(
+                [{INPUTS[0]: c.image[None], INPUTS[1]: c.inverse[None].astype(np.float32)} for c in crops]
+            )
+
+        def get_next(self) -> dict[str, object] | None:
+            return next(self.items, None)
+
+    prepared = dst.with_suffix(".pre.onnx")
+    quant_pre_process(str(src), str(prepared), skip_symbolic_shape=True)
+    quantize_static(
+        str(prepared),
+        str(dst),
+        Reader(),
+        quant_format=QuantFormat.QDQ,
+        per_channel=True,
+        op_types_to_quantize=["Conv"],
+        activation_type=QuantType.QUInt8,
+        weight_type=QuantType.QInt8,
+    )
+    prepared.unlink()
+    model, source = onnx.load(str(dst)), onnx.load(str(src))
+    del model.metadata_props[:]
+    for prop in source.metadata_props:
+        model.metadata_props.add(key=prop.key, value=prop.value)
+    onnx.save(model, str(dst))
+
+
+def check_crops(size: int, data: Path | None, count: int = 64, split: str = "val") -> list[Crop]:
+    """Real faces of a 300-W style folder's split (ground-truth boxes), else random crops."""
     if data is not None:
         from training.datasets import load_image, load_samples
 
-        samples = load_samples("pts_folder", data, "val")[:count]
+        samples = load_samples("pts_folder", data, split)[:count]
         framings = [Framing(as_box(box_from_points(s.points))) for s in samples]
         return [face_crop(load_image(s.image), f, size) for s, f in zip(samples, framings, strict=True)]
     rng = np.random.default_rng(0)
@@ -106,6 +143,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--opset", type=int, default=OPSET)
     p.add_argument("--data", type=Path, default=None, help="check on this 300-W style folder's val faces")
     p.add_argument("--tolerance", type=float, default=0.01, help="largest landmark difference allowed, px")
+    p.add_argument(
+        "--int8", action="store_true", help="also write <out>.int8.onnx (calibrated on 64 --data train faces)"
+    )
     return p
 
 
@@ -117,6 +157,12 @@ def main(args: argparse.Namespace) -> dict[str, float]:
     log.info("wrote %s (%.1f MB); ONNX Runtime vs PyTorch: %s", out, out.stat().st_size / 1e6, diff)
     if diff["points_px"] > args.tolerance:
         raise ValueError(f"ONNX Runtime differs from PyTorch by {diff['points_px']:.4f} px (> {args.tolerance})")
+    if args.int8:
+        if args.data is None:
+            raise ValueError("--int8 calibrates on real faces: give --data")
+        int8 = out.with_suffix(".int8.onnx")
+        quantize_int8(out, int8, check_crops(engine.config.input_size, args.data, split="train"))
+        log.info("wrote %s (%.1f MB)", int8, int8.stat().st_size / 1e6)
     return diff
 
 

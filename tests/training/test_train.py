@@ -205,3 +205,28 @@ def test_evaluate_with_the_detector_reports_recall_and_the_same_faces_with_gt_bo
     assert report["detector_recall"] == 1.0
     assert set(report["gt_boxes_same_faces"]) == {"box", "inter_ocular", "inter_pupil"}
     assert "The same faces with ground-truth boxes" in (out / "report.md").read_text()
+
+
+def test_a_config_that_would_choose_on_a_test_split_is_refused(tmp_path):
+    from training.config import load_config
+
+    base = ["train.format=aflw2000", f"train.root={tmp_path}", "train.split=train"]
+    for split in ("test", "full", "challenging"):
+        with pytest.raises(ValueError, match=f"uses split '{split}', which is for the final report only"):
+            load_config(None, [*base, "val.format=aflw2000", f"val.root={tmp_path}", f"val.split={split}"])
+    assert load_config(None, [*base, "val.format=aflw2000", f"val.root={tmp_path}", "val.split=val"]).val
+
+
+def test_calibration_is_never_fitted_on_a_test_split():
+    from training.calibrate import score_set
+
+    with pytest.raises(ValueError, match="never on a test split"):
+        score_set(None, "pts_folder:../shared/data/300w-subset:test", 0.05)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("path", sorted(Path("training/configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_committed_config_loads_and_chooses_on_val(path):
+    from training.config import load_config
+
+    config = load_config(path)
+    assert config.val, "a config without val sets cannot choose its checkpoint honestly"
