@@ -5,12 +5,12 @@ from __future__ import annotations
 import contextlib
 import math
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from model.inference import Precision
@@ -37,9 +37,16 @@ class Amp:
         return "fp16" if self.dtype == torch.float16 else "fp32"
 
 
+class Batches(Protocol):
+    """An epoch of training batches with a length: a DataLoader, or ``training.device_augment.EpochBatches``."""
+
+    def __len__(self) -> int: ...
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]: ...
+
+
 def train_one_epoch(
     model: nn.Module,
-    loader: DataLoader[dict[str, torch.Tensor]],
+    loader: Batches,
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler | None,
     device: torch.device,
@@ -59,7 +66,8 @@ def train_one_epoch(
     for step, batch in enumerate(loader):
         if step >= steps:
             break
-        x = normalize_input(batch["image"].to(device, non_blocking=True))
+        # made on the device already (training.device_augment), or uint8 crops from the loader
+        x = batch["input"] if "input" in batch else normalize_input(batch["image"].to(device, non_blocking=True))
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         target = batch["heatmaps"].to(device, non_blocking=True)

@@ -39,7 +39,7 @@ class EvalSet:
 
 SETS = (
     EvalSet("aflw2000", "AFLW2000-3D val", "aflw2000", Path("../shared/data/aflw2000-3d"), "pts", "box"),
-    EvalSet("300w", "300-W subset val (HELEN)", "pts_folder", Path("../shared/data/300w-subset"), None, "inter_ocular"),
+    EvalSet("300w", "300-W subset val", "pts_folder", Path("../shared/data/300w-subset"), None, "inter_ocular"),
 )
 NORM_NAMES = {"box": "box", "inter_ocular": "inter-ocular", "inter_pupil": "inter-pupil"}
 
@@ -57,16 +57,25 @@ def read(weights: Path, folder: str) -> dict[str, Any]:
     return json.loads((weights / folder / "report.json").read_text())
 
 
-def accuracy_rows(weights: Path) -> list[str]:
+SPLITS = {"val": "", "test": "_test"}  # split: report folder suffix
+
+
+def folder(spec: EvalSet, split: str, kind: str = "") -> str:
+    """``report_<key>[_test][_detector[_second_pass]]``."""
+    return f"report_{spec.key}{SPLITS[split]}{kind}"
+
+
+def accuracy_rows(weights: Path, split: str = "val") -> list[str]:
     rows = []
     for spec in SETS:
-        gt = read(weights, f"report_{spec.key}")
+        gt = read(weights, folder(spec, split))
         for labels in gt["label_sets"]:
             b = block(gt, labels)
             for norm in ("box", "inter_ocular", "inter_pupil"):
                 for stage in ("stage2", "stage1"):
                     s = b[norm][stage]
-                    name = spec.title + ("" if labels == "default" else f" ({labels})")
+                    title = spec.title.replace(" val", f" {split}")
+                    name = title + ("" if labels == "default" else f" ({labels})")
                     rows.append(
                         f"| {name} | {NORM_NAMES[norm]} | {stage} | {s['nme_mean']:.2f} | {s['nme_median']:.2f} | "
                         f"{s['auc_0.07']:.1f} | {s['failure_0.07']:.1f} | {s['failure_0.10']:.1f} |"
@@ -74,18 +83,19 @@ def accuracy_rows(weights: Path) -> list[str]:
     return rows
 
 
-def detector_rows(weights: Path) -> list[str]:
+def detector_rows(weights: Path, split: str = "val") -> list[str]:
     rows = []
     for spec in SETS:
         one, two = (
-            read(weights, f"report_{spec.key}_detector"),
-            read(weights, f"report_{spec.key}_detector_second_pass"),
+            read(weights, folder(spec, split, "_detector")),
+            read(weights, folder(spec, split, "_detector_second_pass")),
         )
         res = label_set(one, spec.labels)
         ref = res["gt_boxes_same_faces"][spec.norm]["nme_mean"]
         d1, d2 = block(one, spec.labels)[spec.norm]["stage2"], block(two, spec.labels)[spec.norm]["stage2"]
+        title = spec.title.replace(" val", f" {split}")
         rows.append(
-            f"| {spec.title} | {NORM_NAMES[spec.norm]} | {100 * res['detector_recall']:.1f} % "
+            f"| {title} | {NORM_NAMES[spec.norm]} | {100 * res['detector_recall']:.1f} % "
             f"({res['faces']}/{res['samples']}) | {ref:.2f} | {d1['nme_mean']:.2f} | **{d2['nme_mean']:.2f}** |"
         )
     return rows
@@ -98,12 +108,56 @@ def confidence_rows(cal: dict[str, Any]) -> list[str]:
     ]
 
 
-def card(weights: Path, run_notes: str = "", version: str | None = None) -> str:
+def headline(weights: Path, split: str) -> list[str]:
+    """One bullet per set: the headline NME of its split with ground-truth boxes."""
+    lines = []
+    for spec in SETS:
+        report = read(weights, folder(spec, split))
+        b = block(report, spec.labels)[spec.norm]["stage2"]
+        title = spec.title.replace(" val", f" {split}")
+        lines.append(
+            f"- **{title}** ({label_set(report, spec.labels)['faces']} faces): {NORM_NAMES[spec.norm]} NME "
+            f"**{b['nme_mean']:.2f} %** (median {b['nme_median']:.2f} %, AUC@0.07 {b['auc_0.07']:.1f} %). "
+            f"Full report: `{folder(spec, split)}/`."
+        )
+    return lines
+
+
+@dataclass(frozen=True)
+class CardText:
+    """What the reports cannot say: what the model is (``about``), how it was trained (``reproduce``, shell lines)
+    and the run's history (``notes``). From ABOUT.md, REPRODUCE.sh and NOTES.md in the run folder, or, when
+    re-measuring a shipped model, from its current card (:func:`text_of_card`)."""
+
+    about: str = ""
+    reproduce: str = ""
+    notes: str = ""
+
+
+def text_of_card(card_text: str) -> CardText:
+    """The hand-written parts of an existing card, to regenerate it around new reports."""
+    about = card_text.split("\n", 1)[1].split("\nBest epoch", 1)[0]
+    bash = card_text.split("## Reproduce", 1)[1].split("```bash\n", 1)[1].split("```", 1)[0]
+    reproduce = "\n".join(line for line in bash.splitlines() if "training.ship" not in line)
+    notes = card_text.split("## Notes on this run", 1)[1] if "## Notes on this run" in card_text else ""
+    return CardText(about.strip(), reproduce.strip(), notes.strip())
+
+
+def test_spearman(weights: Path) -> str:
+    values = []
+    for spec in SETS:
+        res = label_set(read(weights, folder(spec, "test")), spec.labels)
+        values.append(f"{spec.title.replace(' val', ' test')} {res['confidence_spearman']:.3f}")
+    return ", ".join(values)
+
+
+def card(weights: Path, text: CardText, version: str | None = None) -> str:
+    """The model card: every number from the committed reports in ``weights``, the prose from ``text``."""
+    about, run_notes = text.about, text.notes
     cal = json.loads((weights / "calibration.json").read_text())
     log = [json.loads(line) for line in (weights / "log.jsonl").read_text().splitlines()]
     best = min(log, key=lambda r: r.get("val_select", float("inf")))
-    aflw, w300 = read(weights, "report_aflw2000"), read(weights, "report_300w")
-    a, w = block(aflw, "pts")["box"]["stage2"], block(w300)["inter_ocular"]["stage2"]
+    aflw = read(weights, "report_aflw2000_test")
     yaw = aflw["label_sets"]["pts"]["yaw_bins_box"]
     keys = [k for k in yaw["stage2"] if not k.endswith("_count")]
     yaw_rows = [
@@ -111,35 +165,30 @@ def card(weights: Path, run_notes: str = "", version: str | None = None) -> str:
     ]
     counts = " | ".join(f"{yaw['stage2'][k + '_count']:.0f}" for k in keys[:-1])
     notes = f"\n## Notes on this run\n\n{run_notes.strip()}\n" if run_notes.strip() else ""
+    header = "| set | normalisation | stage | NME mean % | NME median % | AUC@0.07 % | fail@0.07 % | fail@0.10 % |"
+    detector_header = "| set | normalisation | found | GT boxes % | detector, 1 pass % | detector + 2nd pass % |"
     return f"""# Shipped model: `{CHECKPOINT}`
 
-The `cpu` preset of the paper's two-stage network (128×128 input, 32×32 heatmaps, FC-DenseNet56 + kernel
-convolution + dilated skip convolution refiner; 2.55 M parameters), trained on two data sets at once: the
-1,400-image train split of AFLW2000-3D (2D re-annotation `.pts`) and the 1,087-image train split of the 300-W
-subset (all of AFW and 750 HELEN train faces, 300-W markup), selected on the mean of the two val NMEs.
-**Licence: AFLW2000-3D and the 300-W data (HELEN, AFW) are for research and non-commercial use only, and so are
-these weights.**
+{about.strip()}
 
 Best epoch {best["epoch"] + 1} of {len(log)} logged in the last stage (config: `config.yaml`, per-epoch log:
-`log.jsonl`; the run's history is in *Notes on this run* below).
+`log.jsonl`; the run's history is in *Notes on this run* below). Protocol: trained on the `train` splits,
+everything chosen on `val`, reported on `test` (README, *The protocol*).
 
-## Accuracy on the val splits (boxes from the ground-truth landmarks)
+## Accuracy on the test splits (boxes from the ground-truth landmarks)
 
-- **AFLW2000-3D val** (200 faces): box NME **{a["nme_mean"]:.2f} %** (median {a["nme_median"]:.2f} %, AUC@0.07
-  {a["auc_0.07"]:.1f} %). Full report: `report_aflw2000/`.
-- **300-W subset val** (120 HELEN faces): inter-ocular NME **{w["nme_mean"]:.2f} %** (median
-  {w["nme_median"]:.2f} %, AUC@0.07 {w["auc_0.07"]:.1f} %). Full report: `report_300w/`.
+{chr(10).join(headline(weights, "test"))}
 
-| val set | normalisation | stage | NME mean % | NME median % | AUC@0.07 % | fail@0.07 % | fail@0.10 % |
+{header}
 |---|---|---|---|---|---|---|---|
-{chr(10).join(accuracy_rows(weights))}
+{chr(10).join(accuracy_rows(weights, "test"))}
 
 `pts` = the 2D re-annotation the model was trained on; `mat` = the original `pt3d_68` (jaw points on the 3D
 surface rather than the visible contour, so larger errors there). Stage 1 = H0 (FC-DenseNet + kernel conv),
 stage 2 = H_f (after the dilated skip convolution refiner). Inter-ocular normalisation blows up on large-yaw
 faces, whose eye corners nearly coincide in the image; that is why AFLW2000-3D results use the box.
 
-AFLW2000-3D box NME (%) by absolute yaw (3DDFA protocol, `pts` labels):
+AFLW2000-3D test box NME (%) by absolute yaw (3DDFA protocol, `pts` labels):
 
 | stage | {" | ".join(keys)} |
 |---{"|---" * len(keys)}|
@@ -147,17 +196,25 @@ AFLW2000-3D box NME (%) by absolute yaw (3DDFA protocol, `pts` labels):
 | faces | {counts} | {aflw["label_sets"]["pts"]["faces"]} |
 
 These numbers are **not comparable to the paper's** (4.04 % on all of AFLW2000-3D, 3.11 % on the full HELEN test
-set): the paper trains on 61k 300W-LP images at 256² with heatmaps at full resolution; this model trains on
-2,487 images at 128² with 32² heatmaps, and the HELEN faces here are 120 held-out HELEN *train* faces.
+set): the paper trains on 61k 300W-LP images at 256² with heatmaps at full resolution; this model trains on a few
+thousand images at 128² with 32² heatmaps, and the 300-W faces here are held-out HELEN and LFPW *train* faces.
+
+## Accuracy on the val splits (where the checkpoint, calibration and settings were chosen)
+
+{chr(10).join(headline(weights, "val"))}
+
+{header}
+|---|---|---|---|---|---|---|---|
+{chr(10).join(accuracy_rows(weights, "val"))}
 
 ## With the service's detector (YuNet)
 
 NME of the faces the detector finds, with ground-truth boxes and with the detector's boxes (one pass, and with
 the second pass the service runs by default; `report_*_detector*/`):
 
-| val set | normalisation | found | GT boxes % | detector, 1 pass % | detector + 2nd pass % |
+{detector_header}
 |---|---|---|---|---|---|
-{chr(10).join(detector_rows(weights))}
+{chr(10).join(detector_rows(weights, "test") + detector_rows(weights, "val"))}
 
 ## Confidence
 
@@ -166,7 +223,8 @@ face's mean over its points (`model.codec.confidence`) — mapped by an isotonic
 `calibration.png`) to the probability that the point lies within {100 * cal["tolerance"]:.0f} % of the face size
 of the truth. The shipped map is fitted on both val sets; the calibration error below is **cross-fitted**
 ({cal["folds"]} folds by face: each face's confidences come from a map fitted without it), so it is not measured
-on the data it was fitted on.
+on the data it was fitted on. On the test splits, Spearman(confidence, error) with ground-truth boxes:
+{test_spearman(weights)}.
 
 | val set | faces | Spearman(confidence, error) | ECE raw score | ECE calibrated (cross-fitted) |
 |---|---|---|---|---|
@@ -175,10 +233,8 @@ on the data it was fitted on.
 ## Reproduce
 
 ```bash
-.venv/bin/python -m training.train --config training/configs/aflw2000_cpu.yaml      # the AFLW2000-3D model
-.venv/bin/python -m training.train --config training/configs/multi_cpu.yaml         # fine-tune on both sets
-.venv/bin/python -m training.train --config training/configs/multi_cpu_anneal.yaml  # low-lr anneal
-.venv/bin/python -m training.ship --run runs/multi_cpu_anneal{f" --version {version}" if version else ""}  # this folder
+{text.reproduce}
+.venv/bin/python -m training.ship --run <run>{f" --version {version}" if version else ""}  # this folder
 ```
 
 Deviations from the paper's recipe (`training/configs/paper_300wlp.yaml` keeps the paper's), and why:
@@ -215,24 +271,33 @@ DEVIATIONS = (
 
 
 def evaluate_all(ckpt: Path, weights: Path) -> None:
-    """Every report the card quotes."""
+    """Every report the card quotes: each set's val split (where everything was chosen) and test split (where
+    nothing was), with ground-truth boxes and with the service's detector, one pass and two."""
     for spec in SETS:
-        base = ["--checkpoint", str(ckpt), "--format", spec.format, "--data", str(spec.root), "--split", "val"]
-        labels = ["--labels", spec.labels] if spec.labels else []
-        runs = {
-            f"report_{spec.key}": [],
-            f"report_{spec.key}_detector": [*labels, "--boxes", "detector"],
-            f"report_{spec.key}_detector_second_pass": [*labels, "--boxes", "detector", "--second-pass"],
-        }
-        for folder, extra in runs.items():
-            evaluate.main(evaluate.get_args_parser().parse_args([*base, *extra, "--out", str(weights / folder)]))
+        for split in SPLITS:
+            base = ["--checkpoint", str(ckpt), "--format", spec.format, "--data", str(spec.root), "--split", split]
+            labels = ["--labels", spec.labels] if spec.labels else []
+            runs = {
+                folder(spec, split): [],
+                folder(spec, split, "_detector"): [*labels, "--boxes", "detector"],
+                folder(spec, split, "_detector_second_pass"): [*labels, "--boxes", "detector", "--second-pass"],
+            }
+            for name, extra in runs.items():
+                evaluate.main(evaluate.get_args_parser().parse_args([*base, *extra, "--out", str(weights / name)]))
 
 
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--run", type=Path, required=True, help="training output_dir (holds best.pt)")
+    parser.add_argument(
+        "--run", type=Path, help="training output_dir (holds best.pt; ABOUT.md, NOTES.md, REPRODUCE.sh)"
+    )
     parser.add_argument("--weights-dir", type=Path, default=Path("model/weights"))
     parser.add_argument("--version", default=None, help="model version to serve under (default: the run's)")
+    parser.add_argument(
+        "--reports-only",
+        action="store_true",
+        help="keep the shipped checkpoint and calibration; re-measure every report and rewrite the card around them",
+    )
     return parser
 
 
@@ -240,6 +305,14 @@ def main(args: argparse.Namespace) -> None:
     w = args.weights_dir
     w.mkdir(parents=True, exist_ok=True)
     ckpt = w / CHECKPOINT
+    if args.run is None and not args.reports_only:
+        raise SystemExit("give --run (a training output_dir) or --reports-only")
+    if args.reports_only:
+        text = text_of_card((w / "README.md").read_text())
+        evaluate_all(ckpt, w)
+        (w / "README.md").write_text(card(w, text, args.version))
+        print(f"re-measured {w}")
+        return
     calibrate.main(
         calibrate.get_args_parser().parse_args(["--checkpoint", str(args.run / "best.pt"), "--out", str(ckpt)])
     )
@@ -251,8 +324,13 @@ def main(args: argparse.Namespace) -> None:
         old.unlink()
     for path in (args.run / "config.yaml", *sorted(args.run.glob("log*.jsonl"))):  # earlier stages' logs too
         shutil.copy(path, w / path.name)
-    notes = args.run / "NOTES.md"
-    (w / "README.md").write_text(card(w, notes.read_text() if notes.is_file() else "", args.version))
+
+    def part(name: str) -> str:
+        path = args.run / name
+        return path.read_text() if path.is_file() else ""
+
+    text = CardText(part("ABOUT.md"), part("REPRODUCE.sh"), part("NOTES.md"))
+    (w / "README.md").write_text(card(w, text, args.version))
     print(f"wrote {w}")
 
 

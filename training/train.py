@@ -36,6 +36,7 @@ from model.network import LandmarkNet, build_model, to_channels_last
 from model.pipeline import PipelineOptions
 from training.config import TrainConfig, dump_config, load_config
 from training.datasets import DataError, LandmarkDataset, MixtureSampler, load_samples
+from training.device_augment import DeviceAugmenter, FaceBank
 from training.engine import Amp, lr_lambda_cosine, train_one_epoch
 from training.evaluate import run as run_pipeline
 from training.metrics import NORMALISERS, nme
@@ -320,6 +321,11 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     sampler = MixtureSampler(sizes, weights, cfg.epoch_size, cfg.seed, run.rank, run.world_size)
     loader = make_loader(train_set, cfg.batch_size, cfg.workers, shuffle=True, sampler=sampler)
     steps_per_epoch = len(loader) if cfg.max_steps_per_epoch is None else min(len(loader), cfg.max_steps_per_epoch)
+    augmenter = None
+    if cfg.augment_on_device:
+        log.info("holding %d training faces on %s for on-device augmentation", len(train_set), run.device)
+        bank = FaceBank.from_samples(train_set.samples, model_config, run.device)
+        augmenter = DeviceAugmenter(bank, model_config, cfg.augment, cfg.seed + run.rank)
 
     net, model = build_model_for(cfg, model_config, run)
     amp = resolve_amp(cfg.amp, run.device)
@@ -349,9 +355,10 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     for epoch in range(start_epoch, min(cfg.epochs, cfg.stop_after or cfg.epochs)):
         train_set.set_epoch(epoch)
         sampler.set_epoch(epoch)
+        batches = loader if augmenter is None else augmenter.epoch(list(sampler), cfg.batch_size, epoch)
         stats = train_one_epoch(
             model,
-            loader,
+            batches,
             optimizer,
             scheduler,
             run.device,

@@ -1,6 +1,6 @@
 import json
 
-from training.ship import card
+from training.ship import CardText, card, text_of_card
 
 
 def report(nme: float, count: int = 200, recall: float = 1.0) -> dict:
@@ -47,32 +47,42 @@ def detector_report(nme: float, found: int, total: int, labels: str, reference: 
     return {"label_sets": {labels: base}}
 
 
-def test_model_card_quotes_the_committed_reports(tmp_path):
-    w300 = {"label_sets": {"default": report(3.9, 120)["label_sets"]["pts"]}}
-    for folder, content in (
-        ("report_aflw2000", report(2.5)),
-        ("report_aflw2000_detector", detector_report(2.7, 198, 200, "pts", 2.55)),
-        ("report_aflw2000_detector_second_pass", detector_report(2.52, 198, 200, "pts", 2.55)),
-        ("report_300w", w300),
-        ("report_300w_detector", detector_report(4.0, 120, 120, "default", 3.93)),
-        ("report_300w_detector_second_pass", detector_report(3.96, 120, 120, "default", 3.93)),
-    ):
-        (tmp_path / folder).mkdir()
-        (tmp_path / folder / "report.json").write_text(json.dumps(content))
+def write_reports(folder, scale: float = 1.0) -> None:
+    w300 = lambda nme, count: {"label_sets": {"default": report(nme, count)["label_sets"]["pts"]}}  # noqa: E731
+    for suffix, k in (("", 1.0), ("_test", scale)):
+        for name, content in (
+            (f"report_aflw2000{suffix}", report(2.5 * k)),
+            (f"report_aflw2000{suffix}_detector", detector_report(2.7 * k, 198, 200, "pts", 2.55 * k)),
+            (f"report_aflw2000{suffix}_detector_second_pass", detector_report(2.52 * k, 198, 200, "pts", 2.55 * k)),
+            (f"report_300w{suffix}", w300(3.9 * k, 200)),
+            (f"report_300w{suffix}_detector", detector_report(4.0 * k, 200, 200, "default", 3.93 * k)),
+            (f"report_300w{suffix}_detector_second_pass", detector_report(3.96 * k, 200, 200, "default", 3.93 * k)),
+        ):
+            (folder / name).mkdir()
+            (folder / name / "report.json").write_text(json.dumps(content))
     per_set = {"ece_raw": 0.1, "ece_cross_fitted": 0.01, "spearman_raw": -0.55, "faces": 200}
-    (tmp_path / "calibration.json").write_text(
+    (folder / "calibration.json").write_text(
         json.dumps({"tolerance": 0.05, "folds": 5, "per_set": {"aflw2000-3d/val": per_set, "300w-subset/val": per_set}})
     )
-    (tmp_path / "log.jsonl").write_text("\n".join(json.dumps({"epoch": e, "val_select": 10 - e}) for e in range(5)))
-    text = card(tmp_path)
-    assert "box NME **2.50 %**" in text
-    assert "inter-ocular NME **3.90 %**" in text
+    (folder / "log.jsonl").write_text("\n".join(json.dumps({"epoch": e, "val_select": 10 - e}) for e in range(5)))
+
+
+def test_model_card_quotes_the_committed_reports_test_first(tmp_path):
+    write_reports(tmp_path, scale=2.0)
+    about = "The cpu preset. **Licence: research and non-commercial use only.**"
+    text = card(tmp_path, CardText(about, ".venv/bin/python -m training.train --config x.yaml"))
+    test_part, val_part = text.split("## Accuracy on the val splits")
+    assert "**AFLW2000-3D test** (200 faces): box NME **5.00 %**" in test_part
+    assert "**300-W subset test** (200 faces): inter-ocular NME **7.80 %**" in test_part
+    assert "box NME **2.50 %**" in val_part
     assert "Best epoch 5 of 5" in text
-    assert "| AFLW2000-3D val | box | 99.0 % (198/200) | 2.55 | 2.70 | **2.52** |" in text
-    assert "| 300-W subset val (HELEN) | inter-ocular | 100.0 % (120/120) | 3.93 | 4.00 | **3.96** |" in text
-    assert "| AFLW2000-3D val (pts) | box | stage2 | 2.50 |" in text
+    assert "| AFLW2000-3D test | box | 99.0 % (198/200) | 5.10 | 5.40 | **5.04** |" in text
+    assert "| 300-W subset val | inter-ocular | 100.0 % (200/200) | 3.93 | 4.00 | **3.96** |" in text
+    assert "| AFLW2000-3D test (pts) | box | stage2 | 5.00 |" in text
     assert "| aflw2000-3d/val | 200 | -0.550 | 0.100 | 0.010 |" in text
     assert "research and non-commercial use only" in text
+    assert "training.train --config x.yaml" in text
     assert "## Notes on this run" not in text
-    noted = card(tmp_path, "Resumed at epoch 70.\n")
+    noted = card(tmp_path, CardText(about, "", "Resumed at epoch 70.\n"))
     assert noted.endswith("## Notes on this run\n\nResumed at epoch 70.\n")
+    assert text_of_card(noted) == CardText(about, "", "Resumed at epoch 70.")  # a card can be regenerated
