@@ -21,7 +21,7 @@ from model.config import ModelConfig
 from model.geometry import heatmap_to_crop
 from model.landmarks import MIRROR
 from model.network import Heatmaps, LandmarkNet, normalize_input, to_channels_last
-from model.pipeline import Crop, Landmarks, PipelineOptions
+from model.pipeline import Crop, Landmarks, NamedModel, PipelineOptions, blank_crops
 
 Precision = Literal["fp32", "bf16", "fp16"]
 
@@ -163,7 +163,7 @@ class CudaGraphs:
 
 
 @dataclass
-class InferenceModel:
+class InferenceModel(NamedModel):
     """A network in eval mode on its device, with the precision and calibration it serves with.
 
     ``cuda_graphs``: on CUDA, replay captured graphs (:class:`CudaGraphs`, buckets up to ``max_batch_size``)
@@ -190,15 +190,6 @@ class InferenceModel:
     @property
     def graphed(self) -> bool:
         return self._graphs is not None
-
-    @property
-    def name(self) -> str:
-        """The served model's name and version, from the checkpoint's metadata (one place for the defaults)."""
-        return str(self.metadata.get("name", "dsc-landmarks"))
-
-    @property
-    def version(self) -> str:
-        return str(self.metadata.get("version", "unknown"))
 
     def _autocast(self) -> contextlib.AbstractContextManager[Any]:
         if self.precision == "fp32":
@@ -261,11 +252,10 @@ class InferenceModel:
         With CUDA graphs every bucket is captured here, whatever ``batch_sizes`` says, so that no request waits
         for a capture.
         """
-        size = self.config.input_size
         if self.graphed and batch_sizes:
             batch_sizes = bucket_sizes(self.max_batch_size)
         for n in batch_sizes:
-            self.infer([Crop(np.zeros((size, size, 3), np.uint8), np.eye(2, 3))] * n)
+            self.infer(blank_crops(self.config.input_size, n))
 
     def _to_host(self, tensors: list[Tensor]) -> list[Tensor]:
         """Results to host memory. On CUDA the copies are queued into pinned buffers and the calling thread then

@@ -17,14 +17,14 @@ import numpy as np
 
 from model.artifacts import CheckpointError
 from model.config import ModelConfig
-from model.pipeline import Crop, Landmarks
+from model.pipeline import Crop, Landmarks, NamedModel, blank_crops
 
 METADATA_KEY = "dsc_landmarks"  # JSON: {"config", "metadata", "opset", "inputs", "outputs", "normalisation"}
 INPUTS = ("crops", "inverse")  # uint8 (N, S, S, 3) RGB; float32 (N, 2, 3) crop -> image
 OUTPUTS = ("points", "confidence", "coarse_points")  # float32 (N, K, 2) image pixels; (N, K); (N, K, 2)
 
 
-class OnnxEngine:
+class OnnxEngine(NamedModel):
     """An exported model on ONNX Runtime's CPU provider, with the same ``infer``/``warmup`` as the torch engine."""
 
     device = "cpu"
@@ -59,14 +59,6 @@ class OnnxEngine:
         self.metadata: dict[str, Any] = info["metadata"]
         self.path = path
 
-    @property
-    def name(self) -> str:
-        return str(self.metadata.get("name", "dsc-landmarks"))
-
-    @property
-    def version(self) -> str:
-        return str(self.metadata.get("version", "unknown"))
-
     def infer(self, crops: list[Crop], with_coarse: bool = False) -> list[Landmarks]:
         images = np.stack([c.image for c in crops])
         inverse = np.stack([c.inverse for c in crops]).astype(np.float32)
@@ -75,6 +67,5 @@ class OnnxEngine:
         return [Landmarks(points[i], conf[i], coarse[i] if with_coarse else None) for i in range(len(crops))]
 
     def warmup(self, batch_sizes: list[int]) -> None:
-        size = self.config.input_size
         for n in batch_sizes:
-            self.infer([Crop(np.zeros((size, size, 3), np.uint8), np.eye(2, 3))] * n)
+            self.infer(blank_crops(self.config.input_size, n))

@@ -120,6 +120,25 @@ Steps = Generator[list[Crop], list[Landmarks], PhotoResult]
 Detector = Callable[[Image], list[Detection]]
 
 
+class NamedModel:
+    """Name and version of a served model from its metadata, one place for the defaults (both engines)."""
+
+    metadata: dict[str, Any]
+
+    @property
+    def name(self) -> str:
+        return str(self.metadata.get("name", "dsc-landmarks"))
+
+    @property
+    def version(self) -> str:
+        return str(self.metadata.get("version", "unknown"))
+
+
+def blank_crops(size: int, count: int) -> list[Crop]:
+    """``count`` black crops with an identity affine: what the engines warm up on."""
+    return [Crop(np.zeros((size, size, 3), np.uint8), np.eye(2, 3))] * count
+
+
 class Engine(Protocol):
     """A network runtime the service and the CLI can serve: :class:`model.inference.InferenceModel` (torch)."""
 
