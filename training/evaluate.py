@@ -29,6 +29,7 @@ from model.artifacts import CheckpointError
 from model.checkpoint import load_for_inference
 from model.detector import YuNetDetector, match_detection
 from model.geometry import as_box, box_from_points
+from model.landmarks import GROUPS
 from model.pipeline import Engine, FaceBox, Landmarks, Pipeline, PipelineOptions, caller_faces
 from model.render import draw_landmarks
 from training.datasets import W300_SUBSETS, DataError, Sample, load_image, load_samples
@@ -128,7 +129,29 @@ def report(ev: Evaluation, gt: np.ndarray, fmt: str) -> dict[str, Any]:
         }
     errors = point_errors(ev.points, gt) / box[:, None]
     out["confidence_spearman"] = spearman(ev.confidence, errors)
+    out["landmark_groups"] = group_table(ev.points, gt)
     return out
+
+
+REGIONS = {  # the per-group table: where the error is (jaw 17, brows 10, nose 9, eyes 12, mouth 20 points)
+    "jaw": GROUPS["jaw"],
+    "brows": GROUPS["right_brow"] + GROUPS["left_brow"],
+    "nose": GROUPS["nose"],
+    "eyes": GROUPS["right_eye"] + GROUPS["left_eye"],
+    "mouth": GROUPS["mouth"],
+}
+
+
+def group_table(points: np.ndarray, gt: np.ndarray) -> dict[str, dict[str, float]]:
+    """Stage 2's mean NME (%) of each landmark group, for the box and inter-ocular normalisations."""
+    errors = point_errors(points, gt)
+    return {
+        norm: {
+            name: 100 * float((errors[:, list(idx)].mean(1) / NORMALISERS[norm](gt)).mean())
+            for name, idx in REGIONS.items()
+        }
+        for norm in ("box", "inter_ocular")
+    }
 
 
 def is_subset_block(value: object) -> bool:
@@ -169,6 +192,12 @@ def write_markdown(path: Path, results: dict[str, Any], header: str) -> None:
                 + ", ".join(f"{norm} {v['nme_mean']:.2f}" for norm, v in ref.items())
                 + ".",
             ]
+        if "landmark_groups" in res:
+            groups = res["landmark_groups"]
+            lines += ["", "Stage 2 NME (%) by landmark group:", "", "| normalisation | " + " | ".join(REGIONS) + " |"]
+            lines.append("|---" * (len(REGIONS) + 1) + "|")
+            for norm, row in groups.items():
+                lines.append(f"| {norm} | " + " | ".join(f"{row[g]:.2f}" for g in REGIONS) + " |")
         if "yaw_bins_box" in res:
             keys = [k for k in res["yaw_bins_box"]["stage2"] if not k.endswith("_count")]
             lines += [

@@ -42,3 +42,18 @@ def test_yaw_bins_and_balanced_mean():
     assert table["[30,60)"] == pytest.approx(6.0)
     assert table["[60,90]"] == pytest.approx(8.0)
     assert table["balanced_mean"] == pytest.approx(17.0 / 3)
+
+
+def test_the_landmark_group_table_splits_the_error_where_it_is():
+    from training.evaluate import REGIONS, group_table
+
+    rng = np.random.default_rng(0)
+    gt = rng.uniform(0, 100, (4, 68, 2))
+    pred = gt.copy()
+    pred[:, list(REGIONS["jaw"]), 0] += 3.0  # only the jaw is off, by 3 px
+    table = group_table(pred, gt)
+    assert sorted(sum((list(v) for v in REGIONS.values()), [])) == list(range(68))  # every point, once
+    assert table["box"]["jaw"] > 0
+    assert all(table[norm][g] == 0 for norm in table for g in REGIONS if g != "jaw")
+    box = np.sqrt(np.prod(gt.max(1) - gt.min(1), axis=1))
+    assert table["box"]["jaw"] == pytest.approx(100 * float(np.mean(3.0 / box)))
