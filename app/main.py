@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import math
 import os
@@ -39,7 +40,7 @@ from app.http import HeadLimits
 from app.metrics import Metrics
 from app.middleware import RequestContext
 from app.routes import landmarks, ops
-from app.service import EngineLoader, LandmarkService, load_engine, load_service
+from app.service import EngineLoader, LandmarkService, ServiceFactory, load_engine, load_service
 from app.settings import Settings
 from model.artifacts import CheckpointError
 from model.detector import DetectorError, YuNetDetector
@@ -126,7 +127,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
     log.info("settings: %s", settings.model_dump_json())
     _share_cores(settings)
     # Load and check the checkpoint now: a missing, corrupt or mismatched file stops the start right here.
-    service = await load_service(settings, metrics, app.state.loader)
+    service: LandmarkService = await app.state.connect(settings, metrics)
     engine = service.engine
     metrics.model_info.labels(
         engine.name,
@@ -135,7 +136,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
         str(engine.device),
         engine.precision,
     ).set(1)
-    log.info("loaded %s (%s) on %s, %s", settings.checkpoint, engine.config.name, engine.device, engine.precision)
+    log.info("serving %s %s (%s) on %s, %s", engine.name, engine.version, engine.config.name, engine.device,
+             engine.precision)  # fmt: skip
     app.state.service = service
     warmup = asyncio.create_task(service.start())
     if app.state.handle_signals:
@@ -203,9 +205,10 @@ def runtime_problem(settings: Settings) -> str | None:
     return None
 
 
-def startup_problem(settings: Settings) -> str | None:
-    """What would stop the start, in one line naming the variable or file, checked before uvicorn serves."""
-    problem = runtime_problem(settings)
+def startup_problem(settings: Settings, runtime: bool = True) -> str | None:
+    """What would stop the start, in one line naming the variable or file, checked before uvicorn serves.
+    ``runtime=False`` skips the model file and device (a cluster's ingress, which holds no network)."""
+    problem = runtime_problem(settings) if runtime else None
     if problem:
         return problem
     if settings.api_keys is not None:
@@ -221,10 +224,16 @@ def startup_problem(settings: Settings) -> str | None:
 
 
 def create_app(
-    settings: Settings | None = None, handle_signals: bool = True, loader: EngineLoader = load_engine
+    settings: Settings | None = None,
+    handle_signals: bool = True,
+    loader: EngineLoader = load_engine,
+    connect: ServiceFactory | None = None,
+    metrics: Metrics | None = None,
 ) -> FastAPI:
     """Build the service. Without ``settings`` they are read from ``LANDMARKS_*`` (a bad value exits with a message).
-    ``loader`` builds the engine from the settings (the checkpoint on torch; benchmarks pass a stand-in)."""
+    ``loader`` builds the engine from the settings (the checkpoint on torch; benchmarks pass a stand-in) for this
+    process's batcher; ``connect`` replaces that whole service (a cluster's ingress runs the same app around a
+    remote model), ``metrics`` the Prometheus registry (the cluster's go to Ray's metrics)."""
     if settings is None:  # the server's path (uvicorn, or each worker process of dsc-landmarks-serve)
         _configure_logging()
         try:
@@ -240,7 +249,8 @@ def create_app(
         problem = startup_problem(settings)
         if problem:
             sys.exit(f"cannot start: {problem}")
-    metrics = Metrics(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
+    if metrics is None:
+        metrics = Metrics(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
     app = FastAPI(
         title="dsc-landmarks",
         version="0.1.0",
@@ -252,7 +262,7 @@ def create_app(
     app.state.settings = settings
     app.state.metrics = metrics
     app.state.handle_signals = handle_signals
-    app.state.loader = loader
+    app.state.connect = connect or functools.partial(load_service, loader=loader)
     app.include_router(landmarks.router)
     app.include_router(ops.router)
     _install_docs(app)

@@ -9,6 +9,7 @@ every live worker is).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
 
@@ -36,49 +37,68 @@ LATENCY_BUCKETS = (
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 
 
+class Observe(Protocol):
+    def observe(self, amount: float) -> None: ...
+
+
+class Level(Protocol):
+    def set(self, value: float) -> None: ...
+    def inc(self, amount: float = 1) -> None: ...
+    def dec(self, amount: float = 1) -> None: ...
+
+
+class Count(Protocol):
+    def inc(self, amount: float = 1) -> None: ...
+
+
+class HistogramMetric(Observe, Protocol):
+    def labels(self, *values: Any) -> Observe: ...
+
+
+class GaugeMetric(Level, Protocol):
+    def labels(self, *values: Any) -> Level: ...
+
+
+class CounterMetric(Count, Protocol):
+    def labels(self, *values: Any) -> Count: ...
+
+
 class Metrics:
-    """Every metric the service exports; ``registry`` is what ``/metrics`` renders."""
+    """Every metric the service exports; ``registry`` is what ``/metrics`` renders. The three factories make
+    prometheus_client metrics; a subclass may send the same metrics elsewhere (:class:`app.cluster.RayMetrics`)."""
 
     def __init__(self, multiprocess_dir: str | None = None) -> None:
         self.multiprocess_dir = multiprocess_dir  # set: this is one of several worker processes
         self.registry = CollectorRegistry()
-        r = self.registry
-        self.request_latency = Histogram(
-            "landmarks_request_duration_seconds",
-            "HTTP request latency",
-            ["route", "status_class"],
-            buckets=LATENCY_BUCKETS,
-            registry=r,
+        self.request_latency = self.histogram(
+            "landmarks_request_duration_seconds", "HTTP request latency", LATENCY_BUCKETS, ("route", "status_class")
         )
-        self.queue_wait = Histogram(
-            "landmarks_queue_wait_seconds", "time a face waited for its batch", buckets=LATENCY_BUCKETS, registry=r
-        )
-        self.inference_time = Histogram(
-            "landmarks_inference_seconds", "network + decode time per batch", buckets=LATENCY_BUCKETS, registry=r
-        )
-        self.batch_size = Histogram(
-            "landmarks_batch_size", "faces per network forward", buckets=BATCH_BUCKETS, registry=r
-        )
-        self.queue_depth = Gauge(
-            "landmarks_queue_depth", "faces waiting for the network", registry=r, multiprocess_mode="livesum"
-        )
-        self.in_flight = Gauge(
-            "landmarks_in_flight_requests", "requests being processed", registry=r, multiprocess_mode="livesum"
-        )
-        self.rejected = Counter(
-            "landmarks_rejected_requests_total", "requests refused, by reason", ["reason"], registry=r
-        )
-        self.faces = Counter("landmarks_faces_total", "faces returned", registry=r)
-        self.model_info = Gauge(
+        self.queue_wait = self.histogram("landmarks_queue_wait_seconds", "time a face waited for its batch")
+        self.inference_time = self.histogram("landmarks_inference_seconds", "network + decode time per batch")
+        self.batch_size = self.histogram("landmarks_batch_size", "faces per network forward", BATCH_BUCKETS)
+        self.queue_depth = self.gauge("landmarks_queue_depth", "faces waiting for the network", "livesum")
+        self.in_flight = self.gauge("landmarks_in_flight_requests", "requests being processed", "livesum")
+        self.rejected = self.counter("landmarks_rejected_requests_total", "requests refused, by reason", ("reason",))
+        self.faces = self.counter("landmarks_faces_total", "faces returned")
+        self.model_info = self.gauge(
             "landmarks_model_info",
             "the served model (value 1)",
-            ["name", "version", "preset", "device", "precision"],
-            registry=r,
-            multiprocess_mode="livemax",
+            "livemax",
+            ("name", "version", "preset", "device", "precision"),
         )
-        self.ready = Gauge(
-            "landmarks_ready", "1 when the service accepts work", registry=r, multiprocess_mode="livemin"
-        )
+        self.ready = self.gauge("landmarks_ready", "1 when the service accepts work", "livemin")
+
+    def histogram(
+        self, name: str, doc: str, buckets: Sequence[float] = LATENCY_BUCKETS, labels: Sequence[str] = ()
+    ) -> HistogramMetric:
+        return Histogram(name, doc, labels, buckets=buckets, registry=self.registry)
+
+    def gauge(self, name: str, doc: str, mode: str, labels: Sequence[str] = ()) -> GaugeMetric:
+        """``mode``: how several worker processes' values combine (prometheus_client's multi-process modes)."""
+        return Gauge(name, doc, labels, registry=self.registry, multiprocess_mode=mode)  # type: ignore[arg-type]
+
+    def counter(self, name: str, doc: str, labels: Sequence[str] = ()) -> CounterMetric:
+        return Counter(name, doc, labels, registry=self.registry)
 
     def observe_batch(self, size: int, seconds: float, waits: Sequence[float]) -> None:
         self.batch_size.observe(size)

@@ -9,7 +9,7 @@ from numpy.typing import NDArray
 
 from app.imaging import encode_png
 from app.schemas import Face, ImageInfo, LandmarksResponse, ModelInfo
-from model.pipeline import Engine
+from model.pipeline import EngineInfo
 from model.pipeline import Face as PipelineFace
 from model.render import draw_landmarks
 
@@ -24,7 +24,7 @@ class Prediction:
     batch_sizes: list[int] = field(default_factory=list)
 
 
-def to_response(prediction: Prediction, engine: Engine) -> LandmarksResponse:
+def to_response(prediction: Prediction, engine: EngineInfo) -> LandmarksResponse:
     faces = [
         Face(
             box=[round(float(v), 3) for v in f.box],

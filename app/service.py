@@ -1,5 +1,8 @@
-"""One process's service: decode the upload, run the :class:`model.pipeline.Pipeline` with the batcher as its
-network, answer; plus the lifecycle (warm-up, ready, drain) and the pre-processing pool."""
+"""One process's service: decode the upload, run the :class:`model.pipeline.Pipeline` with a :class:`FaceRunner`
+as its network, answer; plus the lifecycle (warm-up, ready, drain) and the pre-processing pool.
+
+The runner is where crops go: :class:`LocalRunner` (this process's batcher in front of its engine) or, on a Ray
+Serve cluster, :class:`app.cluster.RemoteRunner` (a model deployment that batches faces from every ingress)."""
 
 from __future__ import annotations
 
@@ -7,9 +10,9 @@ import asyncio
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 import numpy as np
 
@@ -23,29 +26,31 @@ from app.responses import Prediction
 from app.settings import Settings
 from model.detector import YuNetDetector
 from model.geometry import Box
-from model.pipeline import Crop, Detector, Engine, Landmarks, Pipeline, caller_faces
+from model.pipeline import Crop, Detector, Engine, EngineInfo, Landmarks, Pipeline, caller_faces
 
 log = logging.getLogger("app")
 
 T = TypeVar("T")
 
 
-class LandmarkService:
-    """HTTP lifecycle and batching for one process: the :class:`model.pipeline.Pipeline` runs each request, its
-    ``infer`` is the batcher (one inference thread owns the engine), its CPU steps run in a pre-processing pool."""
+class FaceRunner(Protocol):
+    """Runs the pipeline's crops for the service: started once, warmed up, then ``submit`` per request until the
+    drain. ``submit`` answers each crop's landmarks and how it was batched, or raises a :class:`ServiceError`
+    (503 full or draining, 504 past ``deadline``, a ``loop.time()`` instant)."""
+
+    def start(self) -> None: ...
+    def warmup(self, batch_sizes: list[int]) -> Awaitable[None]: ...
+    def submit(self, crops: Sequence[Crop], deadline: float) -> Awaitable[list[tuple[Landmarks, BatchInfo]]]: ...
+    def drain(self, timeout_s: float) -> Awaitable[bool]: ...
+
+
+class LocalRunner:
+    """This process's runner: the batcher in front of the engine, on the inference thread that loaded it."""
 
     def __init__(
-        self,
-        settings: Settings,
-        engine: Engine,
-        detector: Detector,
-        metrics: Metrics,
-        worker: ThreadPoolExecutor | None = None,
+        self, engine: Engine, settings: Settings, metrics: Metrics, worker: ThreadPoolExecutor | None = None
     ) -> None:
-        self.settings = settings
         self.engine = engine
-        self.metrics = metrics
-        self.pipeline = Pipeline(settings.pipeline_options(), engine.config.input_size, detector)
         self.batcher: Batcher[Crop, Landmarks] = Batcher(
             engine.infer,
             settings.max_batch_size,
@@ -55,18 +60,50 @@ class LandmarkService:
             worker=worker,
             on_depth=metrics.queue_depth.set,
         )
+
+    def start(self) -> None:
+        self.batcher.start()
+
+    async def warmup(self, batch_sizes: list[int]) -> None:
+        await self.batcher.call_in_worker(lambda: self.engine.warmup(batch_sizes))
+
+    def submit(self, crops: Sequence[Crop], deadline: float) -> Awaitable[list[tuple[Landmarks, BatchInfo]]]:
+        return self.batcher.submit(crops, deadline)
+
+    def drain(self, timeout_s: float) -> Awaitable[bool]:
+        return self.batcher.drain(timeout_s)
+
+
+class LandmarkService:
+    """HTTP lifecycle for one process: the :class:`model.pipeline.Pipeline` runs each request, its ``infer`` is the
+    runner (the local batcher, or a cluster's model deployment), its CPU steps run in a pre-processing pool.
+    ``engine`` describes the served model (its card)."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        engine: EngineInfo,
+        runner: FaceRunner,
+        detector: Detector,
+        metrics: Metrics,
+    ) -> None:
+        self.settings = settings
+        self.engine = engine
+        self.runner = runner
+        self.metrics = metrics
+        self.pipeline = Pipeline(settings.pipeline_options(), engine.config.input_size, detector)
         self._pool = ThreadPoolExecutor(settings.preprocess_threads, thread_name_prefix="preprocess")
         self.lifecycle = Lifecycle()
         self.pixels = PixelBudget(settings.max_pixels_in_flight)
         self._trimmer: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        """Start the batcher and warm the model up on its own thread; then report ready."""
-        self.batcher.start()
+        """Start the runner and warm the model up (on its own thread); then report ready."""
+        self.runner.start()
         began = time.perf_counter()
         sizes = [1, self.settings.max_batch_size][: self.settings.warmup_batches]
         if sizes:
-            await self.batcher.call_in_worker(lambda: self.engine.warmup(sizes))
+            await self.runner.warmup(sizes)
         trim = malloc_trim()
         if trim is not None:
             await asyncio.to_thread(trim)  # what loading and warming up freed; the loop keeps answering probes
@@ -84,7 +121,7 @@ class LandmarkService:
     async def stop(self) -> bool:
         """Refuse new requests, let every accepted one finish (within the drain timeout), release the threads.
 
-        Accepted requests keep the batcher and the pre-processing pool until they have their answer (a detected
+        Accepted requests keep the runner and the pre-processing pool until they have their answer (a detected
         face's second pass submits after the first), so those close only once the requests are done.
         """
         self.begin_drain()
@@ -92,7 +129,7 @@ class LandmarkService:
             self._trimmer.cancel()
         deadline = time.monotonic() + self.settings.drain_timeout_s
         idle = await self.lifecycle.wait_idle(deadline)
-        finished = await self.batcher.drain(max(0.0, deadline - time.monotonic())) and idle
+        finished = await self.runner.drain(max(0.0, deadline - time.monotonic())) and idle
         self._pool.shutdown(wait=False, cancel_futures=True)
         self.lifecycle.close()
         return finished
@@ -120,7 +157,7 @@ class LandmarkService:
             infos: list[BatchInfo] = []
 
             async def infer(crops: list[Crop]) -> list[Landmarks]:
-                served = await self.batcher.submit(crops, deadline)
+                served = await self.runner.submit(crops, deadline)
                 infos.extend(info for _, info in served)
                 return [landmarks for landmarks, _ in served]
 
@@ -135,6 +172,7 @@ class LandmarkService:
 
 
 EngineLoader = Callable[[Settings], Engine]
+ServiceFactory = Callable[[Settings, Metrics], Awaitable[LandmarkService]]
 
 
 def load_engine(settings: Settings) -> Engine:
@@ -153,7 +191,8 @@ async def load_service(settings: Settings, metrics: Metrics, loader: EngineLoade
     """Load the engine on the inference thread (where it will run) and build the service around it."""
     worker = inference_thread()
     engine = await asyncio.get_running_loop().run_in_executor(worker, loader, settings)
-    return LandmarkService(settings, engine, build_detector(settings), metrics, worker)
+    runner = LocalRunner(engine, settings, metrics, worker)
+    return LandmarkService(settings, engine, runner, build_detector(settings), metrics)
 
 
 def build_detector(settings: Settings) -> YuNetDetector:

@@ -139,8 +139,8 @@ def blank_crops(size: int, count: int) -> list[Crop]:
     return [Crop(np.zeros((size, size, 3), np.uint8), np.eye(2, 3))] * count
 
 
-class Engine(Protocol):
-    """A network runtime the service and the CLI can serve: :class:`model.inference.InferenceModel` (torch)."""
+class EngineInfo(Protocol):
+    """What a served model is (its card, /v1/model and the metrics' labels), wherever it runs."""
 
     @property
     def config(self) -> ModelConfig: ...
@@ -154,8 +154,32 @@ class Engine(Protocol):
     def name(self) -> str: ...
     @property
     def version(self) -> str: ...
+
+
+class Engine(EngineInfo, Protocol):
+    """A network runtime the service and the CLI can serve: :class:`model.inference.InferenceModel` (torch) or
+    :class:`model.onnx_engine.OnnxEngine`."""
+
     def infer(self, crops: list[Crop], with_coarse: bool = False) -> list[Landmarks]: ...
     def warmup(self, batch_sizes: list[int]) -> None: ...
+
+
+@dataclass(frozen=True)
+class EngineCard:
+    """An engine's :class:`EngineInfo` as plain, picklable data: what a process that does not hold the network
+    (a cluster's ingress) knows about the one that does."""
+
+    config: ModelConfig
+    device: str
+    precision: str
+    metadata: dict[str, Any]
+    name: str
+    version: str
+
+    @classmethod
+    def of(cls, engine: EngineInfo) -> EngineCard:
+        return cls(engine.config, str(engine.device), engine.precision, dict(engine.metadata), engine.name,
+                   engine.version)  # fmt: skip
 
 
 def caller_faces(boxes: Sequence[Box]) -> list[FaceBox]:

@@ -1,0 +1,185 @@
+"""A real two-node Ray cluster on this machine, on loopback addresses only, for the cluster tests and benchmark.
+
+Ray rewrites ``127.0.0.1``/``localhost`` to the host's network address, so the nodes take other loopback
+addresses, which it keeps: the head on ``127.0.0.2``, the worker node on ``127.0.0.3``. Usage reporting is off
+(``RAY_USAGE_STATS_ENABLED=0``). :meth:`LocalCluster.stop` runs ``ray stop --force`` (every Ray process of this
+machine's user): call it at the end of every run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIG = ROOT / "cluster" / "serve.yaml"
+HEAD_IP = "127.0.0.2"
+WORKER_IP = "127.0.0.3"
+
+
+def free_port(host: str) -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def ray_env() -> dict[str, str]:
+    return {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "PYTHONPATH": str(ROOT)}
+
+
+def loopback_config(
+    port: int, model_replicas: int = 2, torch_threads: int = 1, extra_env: dict[str, str] | None = None
+) -> dict[str, Any]:
+    """``cluster/serve.yaml`` as shipped, changed only where a one-machine test needs it: the proxy on the head's
+    loopback address, fixed replica counts (model replicas one per node), fractional CPUs (the nodes share
+    this machine's cores), the ingress on the head (with the proxy: the node that dies is the worker)."""
+    config: dict[str, Any] = yaml.safe_load(CONFIG.read_text(encoding="utf-8"))
+    config["proxy_location"] = "HeadOnly"
+    config["http_options"].update(host=HEAD_IP, port=port)
+    app = config["applications"][0]
+    env = app["runtime_env"]["env_vars"]
+    env.update(LANDMARKS_TORCH_THREADS=str(torch_threads), LANDMARKS_OPENCV_THREADS="1", **(extra_env or {}))
+    deployments = {d["name"]: d for d in app["deployments"]}
+    ingress, model = deployments["LandmarkIngress"], deployments["LandmarkModel"]
+    ingress.pop("autoscaling_config")
+    ingress["num_replicas"] = 1
+    ingress["ray_actor_options"] = {"num_cpus": 0.1, "resources": {"node:__internal_head__": 0.001}}
+    model.pop("autoscaling_config")
+    model["num_replicas"] = model_replicas
+    model["ray_actor_options"] = {"num_cpus": 0.5, "num_gpus": 0}
+    return config
+
+
+@dataclass(frozen=True)
+class RayProcess:
+    pid: int
+    title: str
+    node_ip: str
+
+
+class LocalCluster:
+    """``ray start`` a head (127.0.0.2) and a worker node (127.0.0.3), deploy the app on them, kill parts of it."""
+
+    def __init__(self, workdir: Path, cpus_per_node: int = 4) -> None:
+        self.workdir = workdir
+        self.cpus = cpus_per_node
+        self.gcs_port = free_port(HEAD_IP)
+        self.address = f"{HEAD_IP}:{self.gcs_port}"
+        self.url = ""
+
+    def _ray(self, *args: str, timeout: float = 120) -> None:
+        ray = str(Path(sys.executable).with_name("ray"))
+        done = subprocess.run([ray, *args], env=ray_env(), capture_output=True, text=True, timeout=timeout)
+        if done.returncode != 0:
+            raise RuntimeError(f"ray {' '.join(args)} failed:\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}")
+
+    def start(self) -> None:
+        common = ["--num-cpus", str(self.cpus), "--disable-usage-stats"]
+        self._ray(
+            "start", "--head", "--node-ip-address", HEAD_IP, "--port", str(self.gcs_port), "--include-dashboard",
+            "false", "--ray-client-server-port", str(free_port(HEAD_IP)), *common,
+        )  # fmt: skip
+        self._ray("start", "--address", self.address, "--node-ip-address", WORKER_IP, *common)
+
+    def deploy(self, config: dict[str, Any], timeout_s: float = 300) -> str:
+        """Deploy with ``python -m app.cluster`` (the documented command); the app's base URL once it runs."""
+        path = self.workdir / "serve.yaml"
+        path.write_text(yaml.safe_dump(config), encoding="utf-8")
+        command = [sys.executable, "-m", "app.cluster", "--address", self.address, "--node-ip", HEAD_IP]
+        command += ["--config", str(path), "--timeout", str(timeout_s)]
+        done = subprocess.run(command, env=ray_env(), capture_output=True, text=True, timeout=timeout_s + 60)
+        if done.returncode != 0:
+            raise RuntimeError(f"deploy failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
+        http = config["http_options"]
+        self.url = f"http://{http['host']}:{http['port']}"
+        return self.url
+
+    def processes(self, title: str) -> list[RayProcess]:
+        """Ray workers whose process title starts with ``title`` (``ray::ServeReplica:landmarks:LandmarkModel``),
+        with the node each runs on (its parent raylet's address)."""
+        raylets = dict(_raylets())
+        found = []
+        for pid, ppid, name in _processes():
+            if name.startswith(title) and ppid in raylets:
+                found.append(RayProcess(pid, name, raylets[ppid]))
+        return found
+
+    def kill_replica(self, deployment: str, node_ip: str) -> RayProcess:
+        """SIGKILL one replica process of ``deployment`` on the node at ``node_ip`` (a crash, not a drain)."""
+        title = f"ray::ServeReplica:landmarks:{deployment}"
+        victims = [p for p in self.processes(title) if p.node_ip == node_ip]
+        if not victims:
+            raise RuntimeError(f"no {deployment} replica on {node_ip}: {self.processes(title)}")
+        os.kill(victims[0].pid, signal.SIGKILL)
+        return victims[0]
+
+    def kill_node(self, node_ip: str = WORKER_IP) -> int:
+        """SIGKILL the worker node: its raylet, every process it started, and its log monitor (a machine that
+        loses power). Returns how many processes died."""
+        raylets = [pid for pid, ip in _raylets() if ip == node_ip]
+        victims = set(raylets)
+        for pid, ppid, _ in _processes():
+            if ppid in raylets or _cmdline_has(pid, f"--node-ip-address={node_ip}"):
+                victims.add(pid)
+        for pid in victims:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        return len(victims)
+
+    def wait_for(self, title: str, node_ip: str, timeout_s: float) -> bool:
+        """Wait until a process titled ``title`` runs on ``node_ip`` (a replaced replica)."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if any(p.node_ip == node_ip for p in self.processes(title)):
+                return True
+            time.sleep(0.5)
+        return False
+
+    def stop(self) -> None:
+        with contextlib.suppress(RuntimeError, subprocess.TimeoutExpired):
+            self._ray("stop", "--force", timeout=60)
+
+
+def _processes() -> list[tuple[int, int, str]]:
+    """(pid, ppid, process title) of every process (Linux /proc)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            title = (entry / "cmdline").read_bytes().split(b"\0")[0].decode(errors="replace")
+        except OSError:
+            continue
+        ppid = int(stat[stat.rindex(")") + 2 :].split()[1])
+        found.append((int(entry.name), ppid, title))
+    return found
+
+
+def _cmdline_has(pid: int, text: str) -> bool:
+    try:
+        return text.encode() in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+
+
+def _raylets() -> list[tuple[int, str]]:
+    """(pid, node address) of every raylet on this machine."""
+    found = []
+    for pid, _, title in _processes():
+        if title.endswith("/raylet"):
+            args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            for arg in args:
+                if arg.startswith(b"--node_ip_address="):
+                    found.append((pid, arg.split(b"=", 1)[1].decode()))
+    return found

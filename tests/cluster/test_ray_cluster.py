@@ -1,0 +1,160 @@
+"""The Ray Serve app on a real two-node cluster on this machine (head 127.0.0.2, worker 127.0.0.3; loopback only,
+usage reporting off, the cluster stopped at the end): the same answers as the single-process service, the same
+errors, and nothing lost when a model replica and then the worker node die under load."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import json
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+from app.main import create_app
+from app.settings import Settings
+from benchmarks.ray_cluster import HEAD_IP, WORKER_IP, LocalCluster, free_port, loopback_config
+from tests.app.conftest import png_bytes, wait_ready
+from tests.conftest import draw_face
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(importlib.util.find_spec("ray") is None, reason="needs the cluster extra (ray[serve])"),
+    pytest.mark.skipif(not sys.platform.startswith("linux"), reason="finds Ray's processes in /proc"),
+]
+
+PHOTO = Path(__file__).resolve().parents[1] / "data" / "astronaut.jpg"
+MODEL = "ray::ServeReplica:landmarks:LandmarkModel"
+RECOVERY_S = 10.0  # after a kill, the cluster answers 200 again within this (measured: under 1 s)
+REQUEST_TIMEOUT_S = 20.0  # LANDMARKS_REQUEST_TIMEOUT_S on both: a request past it is a hang
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
+    cluster = LocalCluster(tmp_path_factory.mktemp("ray"))
+    try:
+        cluster.start()
+        extra = {"LANDMARKS_REQUEST_TIMEOUT_S": str(REQUEST_TIMEOUT_S)}
+        cluster.deploy(loopback_config(free_port(HEAD_IP), extra_env=extra), timeout_s=420)
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture(scope="module")
+def single() -> Iterator[TestClient]:
+    """The single-process service on the same checkpoint, settings and threads."""
+    settings = Settings(torch_threads=1, opencv_threads=1, request_timeout_s=REQUEST_TIMEOUT_S)
+    with TestClient(create_app(settings, handle_signals=False), raise_server_exceptions=False) as client:
+        wait_ready(client)
+        yield client
+
+
+def _uploads() -> list[tuple[str, dict[str, tuple[str, bytes, str]], dict[str, str]]]:
+    drawn, _ = draw_face(256, seed=3)
+    photo = PHOTO.read_bytes()
+    return [
+        ("photo, detector + second pass", {"image": ("a.jpg", photo, "image/jpeg")}, {}),
+        ("photo, caller box", {"image": ("a.jpg", photo, "image/jpeg")}, {"boxes": "[[178, 87, 272, 177]]"}),
+        ("drawn face, two boxes", {"image": ("d.png", png_bytes(drawn), "image/png")},
+         {"boxes": "[[40, 40, 216, 216], [60, 50, 200, 220]]"}),
+    ]  # fmt: skip
+
+
+def test_landmarks_equal_the_single_process_service(cluster: LocalCluster, single: TestClient) -> None:
+    for name, files, data in _uploads():
+        remote = httpx.post(cluster.url + "/landmarks", files=files, data=data, timeout=60)
+        local = single.post("/landmarks", files=files, data=data)
+        assert remote.status_code == local.status_code == 200, (name, remote.text)
+        got, want = remote.json(), local.json()
+        assert len(got["faces"]) == len(want["faces"]) > 0, name
+        for g, w in zip(got["faces"], want["faces"], strict=True):
+            np.testing.assert_allclose(g["box"], w["box"], atol=1e-3, err_msg=name)
+            np.testing.assert_allclose(g["landmarks"], w["landmarks"], atol=1e-3, err_msg=name)
+            np.testing.assert_allclose(g["confidence"], w["confidence"], atol=1e-3, err_msg=name)
+        assert got["model"] == want["model"]
+    assert httpx.get(cluster.url + "/v1/model").json() == single.get("/v1/model").json()
+    assert httpx.get(cluster.url + "/health/ready").json() == {"status": "ready"}
+
+
+def test_bad_input_gets_the_same_answers(cluster: LocalCluster, single: TestClient) -> None:
+    photo = PHOTO.read_bytes()
+    cases: list[tuple[str, dict[str, tuple[str, bytes, str]], dict[str, str]]] = [
+        ("not an image", {"image": ("a.txt", b"hello, not pixels", "text/plain")}, {}),
+        ("empty file", {"image": ("a.jpg", b"", "image/jpeg")}, {}),
+        ("truncated jpeg", {"image": ("a.jpg", photo[:300], "image/jpeg")}, {}),
+        ("no image field", {"photo": ("a.jpg", photo, "image/jpeg")}, {}),
+        ("boxes not json", {"image": ("a.jpg", photo, "image/jpeg")}, {"boxes": "[[1, 2"}),
+        ("box outside", {"image": ("a.jpg", photo, "image/jpeg")}, {"boxes": "[[900, 900, 950, 950]]"}),
+        ("max_faces 0", {"image": ("a.jpg", photo, "image/jpeg")}, {"max_faces": "0"}),
+    ]
+    for name, files, data in cases:
+        remote = httpx.post(cluster.url + "/landmarks", files=files, data=data, timeout=60)
+        local = single.post("/landmarks", files=files, data=data)
+        assert 400 <= local.status_code < 500, (name, local.text)
+        assert (remote.status_code, remote.json()) == (local.status_code, local.json()), name
+    remote = httpx.get(cluster.url + "/no/such/route")
+    assert (remote.status_code, remote.json()) == (404, single.get("/no/such/route").json())
+    remote = httpx.post(cluster.url + "/landmarks", content=b"x" * 100, headers={"content-type": "text/plain"})
+    local = single.post("/landmarks", content=b"x" * 100, headers={"content-type": "text/plain"})
+    assert (remote.status_code, remote.json()) == (local.status_code, local.json())
+
+
+async def _load(url: str, stop: asyncio.Event, log: list[tuple[float, float, object, dict[str, str]]]) -> None:
+    photo = PHOTO.read_bytes()
+    async with httpx.AsyncClient(timeout=REQUEST_TIMEOUT_S + 10) as client:
+        while not stop.is_set():
+            began = time.monotonic()
+            try:
+                r = await client.post(
+                    url + "/landmarks",
+                    files={"image": ("a.jpg", photo, "image/jpeg")},
+                    data={"boxes": "[[178, 87, 272, 177]]"},
+                )
+                log.append((began, time.monotonic(), r.status_code, dict(r.headers)))
+            except httpx.HTTPError as exc:  # a hang past the deadline or a dropped connection: both are losses
+                log.append((began, time.monotonic(), type(exc).__name__, {}))
+
+
+def test_a_dead_replica_and_a_dead_node_lose_nothing(cluster: LocalCluster) -> None:
+    """Bounded load (4 connections, about a minute): SIGKILL the worker node's model replica, wait until Ray has
+    replaced it, then SIGKILL the whole worker node. Every request gets 200 or a 503 with Retry-After, none
+    hangs, and 200s resume within RECOVERY_S of each kill."""
+
+    async def scenario() -> tuple[list[tuple[float, float, object, dict[str, str]]], float, float]:
+        log: list[tuple[float, float, object, dict[str, str]]] = []
+        stop = asyncio.Event()
+        clients = [asyncio.create_task(_load(cluster.url, stop, log)) for _ in range(4)]
+        try:
+            await asyncio.sleep(3)
+            replica_killed = time.monotonic()
+            cluster.kill_replica("LandmarkModel", WORKER_IP)
+            replaced = await asyncio.to_thread(cluster.wait_for, MODEL, WORKER_IP, 120)
+            assert replaced, "Ray did not replace the killed model replica within 120 s"
+            await asyncio.sleep(3)
+            node_killed = time.monotonic()
+            assert cluster.kill_node(WORKER_IP) >= 2
+            await asyncio.sleep(RECOVERY_S + 2)
+        finally:
+            stop.set()
+            await asyncio.gather(*clients)
+        return log, replica_killed, node_killed
+
+    log, replica_killed, node_killed = asyncio.run(scenario())
+    statuses = [status for _, _, status, _ in log]
+    summary = json.dumps({str(s): statuses.count(s) for s in set(statuses)})
+    assert set(statuses) <= {200, 503}, summary
+    assert all("retry-after" in headers for _, _, status, headers in log if status == 503), summary
+    assert max(done - began for began, done, _, _ in log) < REQUEST_TIMEOUT_S + 1, summary
+    for killed in (replica_killed, node_killed):
+        served = [done for _, done, status, _ in log if status == 200 and done > killed]
+        assert served, (killed, summary)
+        assert min(served) - killed < RECOVERY_S, (killed, summary)
+    assert statuses.count(200) >= 20, summary
+    assert not any(p.node_ip == WORKER_IP for p in cluster.processes(MODEL)), "the worker node is gone"
