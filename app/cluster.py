@@ -226,8 +226,7 @@ class RemoteRunner:
             sent = loop.time()
             if sent >= deadline:
                 raise deadline_exceeded()
-            response = self._model.infer.remote(crops)
-            assert isinstance(response, DeploymentResponse)  # a plain (not streaming) method
+            response = cast(DeploymentResponse, self._model.infer.remote(crops))  # a plain (not streaming) method
             try:
                 answers: list[tuple[Landmarks, BatchInfo]] = await asyncio.wait_for(response, deadline - sent)
             except TimeoutError:

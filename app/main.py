@@ -14,6 +14,7 @@ import logging
 import math
 import os
 import signal
+import socket
 import sys
 import tempfile
 from collections.abc import AsyncIterator
@@ -220,6 +221,22 @@ def startup_problem(settings: Settings, runtime: bool = True) -> str | None:
         YuNetDetector.from_options(settings.pipeline_options().detector)
     except DetectorError as exc:
         return str(exc)
+    if settings.metrics_port is not None:
+        problem = listen_problem(settings.metrics_host, settings.metrics_port)
+        if problem:
+            return f"LANDMARKS_METRICS_PORT={settings.metrics_port}: {problem}"
+    return None
+
+
+def listen_problem(host: str, port: int) -> str | None:
+    """Why this process could not listen on ``host:port`` (in use, no such address, not allowed), or None."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server's own bind
+            probe.bind(address)
+    except OSError as exc:
+        return f"cannot listen on {host}:{port} ({exc.strerror or exc})"
     return None
 
 

@@ -15,6 +15,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -76,6 +77,7 @@ class LocalCluster:
         self.gcs_port = free_port(HEAD_IP)
         self.address = f"{HEAD_IP}:{self.gcs_port}"
         self.url = ""
+        self.metrics_ports = {HEAD_IP: free_port(HEAD_IP), WORKER_IP: free_port(WORKER_IP)}
 
     def _ray(self, *args: str, timeout: float = 120) -> None:
         ray = str(Path(sys.executable).with_name("ray"))
@@ -87,9 +89,13 @@ class LocalCluster:
         common = ["--num-cpus", str(self.cpus), "--disable-usage-stats"]
         self._ray(
             "start", "--head", "--node-ip-address", HEAD_IP, "--port", str(self.gcs_port), "--include-dashboard",
-            "false", "--ray-client-server-port", str(free_port(HEAD_IP)), *common,
+            "false", "--ray-client-server-port", str(free_port(HEAD_IP)),
+            "--metrics-export-port", str(self.metrics_ports[HEAD_IP]), *common,
         )  # fmt: skip
-        self._ray("start", "--address", self.address, "--node-ip-address", WORKER_IP, *common)
+        self._ray(
+            "start", "--address", self.address, "--node-ip-address", WORKER_IP,
+            "--metrics-export-port", str(self.metrics_ports[WORKER_IP]), *common,
+        )  # fmt: skip
 
     def deploy(self, config: dict[str, Any], timeout_s: float = 300) -> str:
         """Deploy with ``python -m app.cluster`` (the documented command); the app's base URL once it runs."""
@@ -144,6 +150,25 @@ class LocalCluster:
                 return True
             time.sleep(0.5)
         return False
+
+    def metrics(self, node_ip: str = HEAD_IP) -> str:
+        """The Prometheus exposition of a node's metrics agent (Ray's metrics and the service's, ``ray_`` first)."""
+        url = f"http://{node_ip}:{self.metrics_ports[node_ip]}/metrics"
+        with urllib.request.urlopen(url, timeout=10) as response:
+            return str(response.read().decode())
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU seconds of every Ray process on this machine (GCS, raylets, agents, proxy,
+        controller, replicas) so far, from /proc: differences give the cluster's CPU per request."""
+        ticks = 0
+        for pid, _, title in _processes():
+            if title.startswith("ray::") or "site-packages/ray/" in title or _cmdline_has(pid, "site-packages/ray/"):
+                try:
+                    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+                except OSError:
+                    continue
+                ticks += int(fields[11]) + int(fields[12])
+        return ticks / float(os.sysconf("SC_CLK_TCK"))
 
     def stop(self) -> None:
         with contextlib.suppress(RuntimeError, subprocess.TimeoutExpired):

@@ -17,6 +17,7 @@ import shutil
 import subprocess
 import tempfile
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -81,12 +82,15 @@ def drive(
     threads: int = 1,
     wrk: str = "wrk",
     warm: bool = True,
+    stats: Callable[[], tuple[float, float]] | None = None,
 ) -> dict[str, float]:
     """One load level from wrk: throughput, latency percentiles, errors and the mean batch the server formed.
-    ``warm=False`` when the caller ran :func:`warm_up` itself (to keep it out of its own CPU accounting)."""
+    ``warm=False`` when the caller ran :func:`warm_up` itself (to keep it out of its own CPU accounting);
+    ``stats`` reads (faces, forwards) so far (default: the service's /metrics)."""
     if warm:
         warm_up(base, bodies, count, wrk)
-    faces0, batches0 = batch_stats(base)
+    stats = stats or (lambda: batch_stats(base))
+    faces0, batches0 = stats()
     out = subprocess.run(
         [
             wrk,
@@ -107,7 +111,7 @@ def drive(
         text=True,
         check=True,
     ).stdout
-    faces1, batches1 = batch_stats(base)
+    faces1, batches1 = stats()
     fields = next(line for line in out.splitlines() if line.startswith("RESULT")).split()[1:]
     requests, micros, p50, p95, p99, errors = (float(v) for v in fields)
     return {

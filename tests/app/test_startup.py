@@ -1,5 +1,6 @@
 import dataclasses
 import os
+import socket
 
 import cv2
 import pytest
@@ -34,6 +35,21 @@ def test_invalid_settings_exit_with_a_message(monkeypatch):
     monkeypatch.setenv("LANDMARKS_MAX_BATCH_SIZE", "0")
     monkeypatch.setenv("LANDMARKS_DEVICE", "tpu")
     with pytest.raises(SystemExit, match=r"(?s)LANDMARKS_DEVICE: .*cuda:N.*LANDMARKS_MAX_BATCH_SIZE: .*1"):
+        create_app()
+
+
+def test_a_metrics_port_in_use_stops_the_start_with_one_line(tiny_checkpoint, monkeypatch):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        monkeypatch.setenv("LANDMARKS_CHECKPOINT", str(tiny_checkpoint))
+        monkeypatch.setenv("LANDMARKS_METRICS_PORT", str(port))
+        monkeypatch.setenv("LANDMARKS_METRICS_HOST", "127.0.0.1")
+        with pytest.raises(SystemExit, match=rf"^cannot start: LANDMARKS_METRICS_PORT={port}: cannot listen on 127"):
+            create_app()
+    monkeypatch.setenv("LANDMARKS_METRICS_HOST", "no-such-host.invalid")
+    with pytest.raises(SystemExit, match=r"^cannot start: LANDMARKS_METRICS_PORT=.*no-such-host.invalid"):
         create_app()
 
 

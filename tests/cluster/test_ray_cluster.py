@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import json
+import re
 import sys
 import time
 from collections.abc import Iterator
@@ -30,6 +31,7 @@ pytestmark = [
 ]
 
 PHOTO = Path(__file__).resolve().parents[1] / "data" / "astronaut.jpg"
+DASHBOARD = Path(__file__).resolve().parents[2] / "docker" / "grafana" / "dashboards" / "dsc-landmarks.json"
 MODEL = "ray::ServeReplica:landmarks:LandmarkModel"
 RECOVERY_S = 10.0  # after a kill, the cluster answers 200 again within this (measured: under 1 s)
 REQUEST_TIMEOUT_S = 20.0  # LANDMARKS_REQUEST_TIMEOUT_S on both: a request past it is a hang
@@ -81,6 +83,31 @@ def test_landmarks_equal_the_single_process_service(cluster: LocalCluster, singl
         assert got["model"] == want["model"]
     assert httpx.get(cluster.url + "/v1/model").json() == single.get("/v1/model").json()
     assert httpx.get(cluster.url + "/health/ready").json() == {"status": "ready"}
+
+
+def test_the_service_metrics_reach_rays_exporter(cluster: LocalCluster) -> None:
+    """The service's latency and batch metrics, under Ray's prefix, on the nodes' metrics ports (Prometheus
+    scrapes these; Ray reports them every few seconds), and the Ray Serve series the Grafana dashboard reads."""
+    httpx.post(cluster.url + "/landmarks", files={"image": ("a.jpg", PHOTO.read_bytes(), "image/jpeg")}, timeout=60)
+    dashboard = json.loads(DASHBOARD.read_text(encoding="utf-8"))
+    queries = " ".join(t["expr"] for panel in dashboard["panels"] for t in panel["targets"])
+    ray_serve = set(re.findall(r"\bray_serve_[a-z_]+", queries))
+    assert ray_serve, "the dashboard has no Ray Serve panel"
+    wanted = (
+        "ray_landmarks_request_duration_seconds_bucket",
+        "ray_landmarks_batch_size_bucket",
+        "ray_landmarks_forwards_total",
+        "ray_landmarks_forward_faces_total",
+        "ray_landmarks_model_info",
+        *sorted(ray_serve),
+    )
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        text = cluster.metrics(HEAD_IP) + cluster.metrics(WORKER_IP)
+        if all(name in text for name in wanted):
+            break
+        time.sleep(2)
+    assert all(name in text for name in wanted), [name for name in wanted if name not in text]
 
 
 def test_bad_input_gets_the_same_answers(cluster: LocalCluster, single: TestClient) -> None:
