@@ -235,6 +235,7 @@ class Run:
 
     def close(self) -> None:
         if self.distributed:
+            dist.barrier()  # no rank tears the group down while another still talks to it
             dist.destroy_process_group()
 
 
