@@ -7,12 +7,14 @@ Both serve the shipped checkpoint with caller boxes on the same 32 AFLW2000-3D v
 cluster: GCS, raylets, agents, proxy, controller, replicas) and the mean batch the network ran. The cluster is a
 real two-node one (``benchmarks.ray_cluster``: head 127.0.0.2, worker 127.0.0.3) deployed from
 ``cluster/serve.yaml`` with one ingress replica, and either one model replica with every core's threads (the
-single process's set-up) or two with one thread each, one per node.
+single process's set-up) or two with one thread each, one per node. Last, the fault drill of the cluster test
+(``benchmarks.ray_cluster.fault_drill``) on the two-replica set-up, with what the clients saw.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import re
 import shutil
 import tempfile
@@ -21,11 +23,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 from benchmarks.common import machine, publish, table
-from benchmarks.ray_cluster import HEAD_IP, WORKER_IP, LocalCluster, free_port, loopback_config
+from benchmarks.ray_cluster import HEAD_IP, WORKER_IP, Drill, LocalCluster, fault_drill, free_port, loopback_config
 from benchmarks.server import running_server, tree_cpu_seconds
-from benchmarks.service_bench import batch_stats, drive, warm_up, write_bodies
+from benchmarks.service_bench import DATA, batch_stats, drive, warm_up, write_bodies
 from model.artifacts import SHIPPED_CHECKPOINT
+from training.datasets import read_aflw2000
 
+DRILL_TIMEOUT_S = 40  # client timeout in the fault drill: past the service's 30 s deadline, so a hang shows
 RAY_REPORT_S = 12  # Ray's metrics agent publishes what replicas recorded every few seconds
 HEADERS = ["server", "connections", "req/s", "p50 ms", "server CPU ms / request", "mean batch", "errors"]
 
@@ -35,7 +39,7 @@ def ray_batch_stats(cluster: LocalCluster) -> tuple[float, float]:
     text = cluster.metrics(HEAD_IP) + cluster.metrics(WORKER_IP)
 
     def total(name: str) -> float:
-        return sum(float(v) for v in re.findall(rf"^ray_{name}(?:_total)?\{{[^}}]*\}} ([0-9.e+]+)$", text, re.MULTILINE))
+        return sum(float(v) for v in re.findall(rf"^ray_{name}\{{[^}}]*\}} ([0-9.e+]+)$", text, re.MULTILINE))
 
     return total("landmarks_forward_faces_total"), total("landmarks_forwards_total")
 
@@ -83,6 +87,7 @@ def main(args: argparse.Namespace) -> str:
     folder = Path(tempfile.mkdtemp(prefix="cluster-bench-"))
     count = write_bodies(folder, 32)
     rows: list[list[object]] = []
+    drill: Drill | None = None
     with running_server(SHIPPED_CHECKPOINT, folder / "single.log", torch_threads="2") as (base, proc):
         rows += measure(
             "single process (2 torch threads)", base, folder, count, args.seconds,
@@ -98,6 +103,9 @@ def main(args: argparse.Namespace) -> str:
                 f"Ray Serve, 2 nodes, {replicas} model replica(s) x {threads} thread(s)", base, folder, count,
                 args.seconds, cluster.cpu_seconds, lambda: ray_batch_stats(cluster), settle_s=RAY_REPORT_S,
             )  # fmt: skip
+        face = read_aflw2000(DATA, "val")[0]
+        box = json.dumps([[*face.points.min(0).tolist(), *face.points.max(0).tolist()]])
+        drill = fault_drill(cluster, face.image.read_bytes(), box, timeout_s=DRILL_TIMEOUT_S)
     finally:
         cluster.stop()
     single = {r[1]: float(str(r[2])) for r in rows if str(r[0]).startswith("single")}
@@ -117,8 +125,31 @@ def main(args: argparse.Namespace) -> str:
         table(HEADERS, rows),
         "",
         *ratios,
+        *drill_lines(drill),
     ]
     return publish(lines, args.out)
+
+
+def drill_lines(drill: Drill | None) -> list[str]:
+    if drill is None:
+        return []
+
+    def seconds(value: float | None) -> str:
+        return "never" if value is None else f"{value:.1f} s"
+
+    return [
+        "",
+        "## Fault drill (2 model replicas, one per node; 4 connections, one AFLW2000-3D val photo with its box)",
+        "",
+        "SIGKILL the worker node's model replica; once Ray has replaced it, SIGKILL the whole worker node "
+        "(raylet, agents, replicas); 12 s more load.",
+        "",
+        f"- answers: {json.dumps(drill.counts())} (client timeout {DRILL_TIMEOUT_S} s)",
+        f"- slowest answer: {drill.slowest_s():.1f} s",
+        f"- model replica killed: first 200 sent after it came {seconds(drill.recovery_s(drill.replica_killed))} "
+        f"later; Ray ran a new replica on the worker node {seconds(drill.replaced_after_s)} after the kill",
+        f"- worker node killed: first 200 sent after it came {seconds(drill.recovery_s(drill.node_killed))} later",
+    ]
 
 
 if __name__ == "__main__":

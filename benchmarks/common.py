@@ -61,5 +61,5 @@ def publish(lines: Sequence[str], out: Path | None) -> str:
     print(text)
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(text)
+        out.write_text(text + "\n")
     return text

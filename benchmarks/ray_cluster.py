@@ -8,6 +8,7 @@ machine's user): call it at the end of every run.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import signal
@@ -173,6 +174,83 @@ class LocalCluster:
     def stop(self) -> None:
         with contextlib.suppress(RuntimeError, subprocess.TimeoutExpired):
             self._ray("stop", "--force", timeout=60)
+
+
+@dataclass(frozen=True)
+class Answer:
+    began: float
+    done: float
+    status: int | str  # the HTTP status, or the client's exception name (a hang past the timeout, a reset)
+    retry_after: str | None
+
+
+@dataclass(frozen=True)
+class Drill:
+    """What the clients saw while a model replica and then the worker node were killed (monotonic seconds)."""
+
+    answers: list[Answer]
+    replica_killed: float
+    replaced_after_s: float | None  # until Ray ran a new model replica on the worker node
+    node_killed: float
+
+    def counts(self) -> dict[str, int]:
+        statuses = [str(a.status) for a in self.answers]
+        return {s: statuses.count(s) for s in sorted(set(statuses))}
+
+    def recovery_s(self, killed: float) -> float | None:
+        """Seconds from a kill until a request sent after it got a 200 (None: none did)."""
+        served = [a.done for a in self.answers if a.status == 200 and a.began >= killed]
+        return min(served) - killed if served else None
+
+    def slowest_s(self) -> float:
+        return max(a.done - a.began for a in self.answers)
+
+
+async def _load(url: str, photo: bytes, boxes: str, timeout_s: float, stop: asyncio.Event, out: list[Answer]) -> None:
+    import httpx
+
+    async with httpx.AsyncClient(timeout=timeout_s) as client:
+        while not stop.is_set():
+            began = time.monotonic()
+            try:
+                r = await client.post(
+                    url + "/landmarks", files={"image": ("a.jpg", photo, "image/jpeg")}, data={"boxes": boxes}
+                )
+                out.append(Answer(began, time.monotonic(), r.status_code, r.headers.get("retry-after")))
+            except httpx.HTTPError as exc:
+                out.append(Answer(began, time.monotonic(), type(exc).__name__, None))
+
+
+def fault_drill(
+    cluster: LocalCluster, photo: bytes, boxes: str, timeout_s: float, connections: int = 4, after_s: float = 12
+) -> Drill:
+    """Bounded load on ``connections`` connections (each request with a ``timeout_s`` client timeout): after 3 s
+    SIGKILL the worker node's model replica, wait until Ray has replaced it, 3 s later SIGKILL the whole worker
+    node, keep the load on ``after_s`` more seconds, stop."""
+
+    async def run() -> Drill:
+        answers: list[Answer] = []
+        stop = asyncio.Event()
+        clients = [asyncio.create_task(_load(cluster.url, photo, boxes, timeout_s, stop, answers)) for _ in
+                   range(connections)]  # fmt: skip
+        try:
+            await asyncio.sleep(3)
+            replica_killed = time.monotonic()
+            cluster.kill_replica("LandmarkModel", WORKER_IP)
+            title = "ray::ServeReplica:landmarks:LandmarkModel"
+            replaced = await asyncio.to_thread(cluster.wait_for, title, WORKER_IP, 120)
+            replaced_after = time.monotonic() - replica_killed if replaced else None
+            await asyncio.sleep(3)
+            node_killed = time.monotonic()
+            if cluster.kill_node(WORKER_IP) < 2:
+                raise RuntimeError("the worker node had no processes to kill")
+            await asyncio.sleep(after_s)
+        finally:
+            stop.set()
+            await asyncio.gather(*clients)
+        return Drill(answers, replica_killed, replaced_after, node_killed)
+
+    return asyncio.run(run())
 
 
 def _processes() -> list[tuple[int, int, str]]:
