@@ -4,7 +4,6 @@ errors, and nothing lost when a model replica and then the worker node die under
 
 from __future__ import annotations
 
-import asyncio
 import importlib.util
 import json
 import re
@@ -20,7 +19,7 @@ from fastapi.testclient import TestClient
 
 from app.main import create_app
 from app.settings import Settings
-from benchmarks.ray_cluster import HEAD_IP, WORKER_IP, LocalCluster, free_port, loopback_config
+from benchmarks.ray_cluster import HEAD_IP, WORKER_IP, LocalCluster, fault_drill, free_port, loopback_config
 from tests.app.conftest import png_bytes, wait_ready
 from tests.conftest import draw_face
 
@@ -133,55 +132,19 @@ def test_bad_input_gets_the_same_answers(cluster: LocalCluster, single: TestClie
     assert (remote.status_code, remote.json()) == (local.status_code, local.json())
 
 
-async def _load(url: str, stop: asyncio.Event, log: list[tuple[float, float, object, dict[str, str]]]) -> None:
-    photo = PHOTO.read_bytes()
-    async with httpx.AsyncClient(timeout=REQUEST_TIMEOUT_S + 10) as client:
-        while not stop.is_set():
-            began = time.monotonic()
-            try:
-                r = await client.post(
-                    url + "/landmarks",
-                    files={"image": ("a.jpg", photo, "image/jpeg")},
-                    data={"boxes": "[[178, 87, 272, 177]]"},
-                )
-                log.append((began, time.monotonic(), r.status_code, dict(r.headers)))
-            except httpx.HTTPError as exc:  # a hang past the deadline or a dropped connection: both are losses
-                log.append((began, time.monotonic(), type(exc).__name__, {}))
-
-
 def test_a_dead_replica_and_a_dead_node_lose_nothing(cluster: LocalCluster) -> None:
-    """Bounded load (4 connections, about a minute): SIGKILL the worker node's model replica, wait until Ray has
+    """Bounded load (4 connections, under a minute): SIGKILL the worker node's model replica, wait until Ray has
     replaced it, then SIGKILL the whole worker node. Every request gets 200 or a 503 with Retry-After, none
     hangs, and 200s resume within RECOVERY_S of each kill."""
-
-    async def scenario() -> tuple[list[tuple[float, float, object, dict[str, str]]], float, float]:
-        log: list[tuple[float, float, object, dict[str, str]]] = []
-        stop = asyncio.Event()
-        clients = [asyncio.create_task(_load(cluster.url, stop, log)) for _ in range(4)]
-        try:
-            await asyncio.sleep(3)
-            replica_killed = time.monotonic()
-            cluster.kill_replica("LandmarkModel", WORKER_IP)
-            replaced = await asyncio.to_thread(cluster.wait_for, MODEL, WORKER_IP, 120)
-            assert replaced, "Ray did not replace the killed model replica within 120 s"
-            await asyncio.sleep(3)
-            node_killed = time.monotonic()
-            assert cluster.kill_node(WORKER_IP) >= 2
-            await asyncio.sleep(RECOVERY_S + 2)
-        finally:
-            stop.set()
-            await asyncio.gather(*clients)
-        return log, replica_killed, node_killed
-
-    log, replica_killed, node_killed = asyncio.run(scenario())
-    statuses = [status for _, _, status, _ in log]
-    summary = json.dumps({str(s): statuses.count(s) for s in set(statuses)})
-    assert set(statuses) <= {200, 503}, summary
-    assert all("retry-after" in headers for _, _, status, headers in log if status == 503), summary
-    assert max(done - began for began, done, _, _ in log) < REQUEST_TIMEOUT_S + 1, summary
-    for killed in (replica_killed, node_killed):
-        served = [done for _, done, status, _ in log if status == 200 and done > killed]
-        assert served, (killed, summary)
-        assert min(served) - killed < RECOVERY_S, (killed, summary)
-    assert statuses.count(200) >= 20, summary
+    drill = fault_drill(cluster, PHOTO.read_bytes(), "[[178, 87, 272, 177]]", REQUEST_TIMEOUT_S + 10)
+    summary = json.dumps(drill.counts())
+    assert {a.status for a in drill.answers} <= {200, 503}, summary
+    assert all(a.retry_after for a in drill.answers if a.status == 503), summary
+    assert drill.slowest_s() < REQUEST_TIMEOUT_S + 1, summary
+    assert drill.replaced_after_s is not None, "Ray did not replace the killed model replica within 120 s"
+    for killed in (drill.replica_killed, drill.node_killed):
+        recovery = drill.recovery_s(killed)
+        assert recovery is not None, summary
+        assert recovery < RECOVERY_S, (recovery, summary)
+    assert drill.counts().get("200", 0) >= 20, summary
     assert not any(p.node_ip == WORKER_IP for p in cluster.processes(MODEL)), "the worker node is gone"
