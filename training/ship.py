@@ -238,7 +238,7 @@ on the data it was fitted on. On the test splits, Spearman(confidence, error) wi
 ## Reproduce
 
 ```bash
-{text.reproduce}
+{text.reproduce.strip()}
 .venv/bin/python -m training.ship --run <run>{f" --version {version}" if version else ""}  # this folder
 ```
 
