@@ -221,7 +221,9 @@ def startup_problem(settings: Settings, runtime: bool = True) -> str | None:
         YuNetDetector.from_options(settings.pipeline_options().detector)
     except DetectorError as exc:
         return str(exc)
-    if settings.metrics_port is not None:
+    # The process that will serve the metrics port checks it: one server process, or the supervisor of several
+    # workers (before it starts them; the workers it spawns have PROMETHEUS_MULTIPROC_DIR and share its port).
+    if settings.metrics_port is not None and os.environ.get("PROMETHEUS_MULTIPROC_DIR") is None:
         problem = listen_problem(settings.metrics_host, settings.metrics_port)
         if problem:
             return f"LANDMARKS_METRICS_PORT={settings.metrics_port}: {problem}"

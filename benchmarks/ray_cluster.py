@@ -35,8 +35,11 @@ def free_port(host: str) -> int:
         return int(s.getsockname()[1])
 
 
-def ray_env() -> dict[str, str]:
-    return {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "PYTHONPATH": str(ROOT)}
+def ray_env(home: Path) -> dict[str, str]:
+    """The environment of every Ray process the cluster starts: usage reporting off, this project importable,
+    and ``home`` as HOME, so that nothing of the user's ``~/.ray`` (an auth token a local ``ray.init`` left
+    there turns token authentication on for one node and not the other) reaches the test cluster."""
+    return {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "PYTHONPATH": str(ROOT), "HOME": str(home)}
 
 
 def loopback_config(
@@ -82,7 +85,7 @@ class LocalCluster:
 
     def _ray(self, *args: str, timeout: float = 120) -> None:
         ray = str(Path(sys.executable).with_name("ray"))
-        done = subprocess.run([ray, *args], env=ray_env(), capture_output=True, text=True, timeout=timeout)
+        done = subprocess.run([ray, *args], env=ray_env(self.workdir), capture_output=True, text=True, timeout=timeout)
         if done.returncode != 0:
             raise RuntimeError(f"ray {' '.join(args)} failed:\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}")
 
@@ -104,7 +107,8 @@ class LocalCluster:
         path.write_text(yaml.safe_dump(config), encoding="utf-8")
         command = [sys.executable, "-m", "app.cluster", "--address", self.address, "--node-ip", HEAD_IP]
         command += ["--config", str(path), "--timeout", str(timeout_s)]
-        done = subprocess.run(command, env=ray_env(), capture_output=True, text=True, timeout=timeout_s + 60)
+        env = ray_env(self.workdir)
+        done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout_s + 60)
         if done.returncode != 0:
             raise RuntimeError(f"deploy failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
         http = config["http_options"]
