@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -23,16 +22,11 @@ from typing import Any
 
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
+from benchmarks.server import ROOT, cpu_seconds, free_port
+
 CONFIG = ROOT / "cluster" / "serve.yaml"
 HEAD_IP = "127.0.0.2"
 WORKER_IP = "127.0.0.3"
-
-
-def free_port(host: str) -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
 
 
 def ray_env(home: Path) -> dict[str, str]:
@@ -165,15 +159,10 @@ class LocalCluster:
     def cpu_seconds(self) -> float:
         """User + system CPU seconds of every Ray process on this machine (GCS, raylets, agents, proxy,
         controller, replicas) so far, from /proc: differences give the cluster's CPU per request."""
-        ticks = 0
-        for pid, _, title in _processes():
-            if title.startswith("ray::") or "site-packages/ray/" in title or _cmdline_has(pid, "site-packages/ray/"):
-                try:
-                    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-                except OSError:
-                    continue
-                ticks += int(fields[11]) + int(fields[12])
-        return ticks / float(os.sysconf("SC_CLK_TCK"))
+        return cpu_seconds([
+            pid for pid, _, title in _processes()
+            if title.startswith("ray::") or "site-packages/ray/" in title or _cmdline_has(pid, "site-packages/ray/")
+        ])  # fmt: skip
 
     def stop(self) -> None:
         with contextlib.suppress(RuntimeError, subprocess.TimeoutExpired):

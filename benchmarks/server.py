@@ -17,9 +17,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def free_port() -> int:
+def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
+        s.bind((host, 0))
         return int(s.getsockname()[1])
 
 
@@ -36,16 +36,21 @@ def process_tree(pid: int) -> list[int]:
     return found
 
 
-def tree_cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of a process and its live descendants (all their threads), from /proc."""
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU seconds so far of these processes (all their threads), from /proc."""
     ticks = 0
-    for p in process_tree(pid):
+    for p in pids:
         try:
             fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
         except OSError:
             continue  # exited meanwhile
         ticks += int(fields[11]) + int(fields[12])  # utime, stime
     return ticks / float(os.sysconf("SC_CLK_TCK"))
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process and its live descendants (all their threads), from /proc."""
+    return cpu_seconds(process_tree(pid))
 
 
 def host_jiffies() -> tuple[int, int]:
