@@ -40,6 +40,7 @@ from ray.exceptions import NodeDiedError, ObjectLostError, RayActorError, RayTas
 from ray.serve import Deployment
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError, ReplicaUnavailableError
 from ray.serve.handle import DeploymentHandle, DeploymentResponse
+from ray.serve.schema import ServeDeploySchema
 from ray.util import metrics as ray_metrics
 
 from app.batcher import BatchInfo, inference_thread
@@ -283,14 +284,20 @@ application = cast(Deployment, LandmarkIngress).bind(cast(Deployment, LandmarkMo
 # --- the launcher ---------------------------------------------------------------------------------------------
 
 
-def deploy(config: dict[str, Any], timeout_s: float) -> None:
+def read_config(path: Path) -> ServeDeploySchema:
+    """The Ray Serve config file, checked before anything connects to the cluster (a bad one: one message)."""
+    try:
+        return ServeDeploySchema.model_validate(yaml.safe_load(path.read_text(encoding="utf-8")))
+    except (OSError, yaml.YAMLError, ValidationError) as exc:
+        sys.exit(f"--config {path}: {exc}")
+
+
+def deploy(schema: ServeDeploySchema, timeout_s: float) -> None:
     """What ``serve deploy`` does with the config file (without needing Ray's dashboard), then wait until the
     application is running (or say why not)."""
     from ray.serve._private import api as serve_api
     from ray.serve.config import ProxyLocation, gRPCOptions
-    from ray.serve.schema import ServeDeploySchema
 
-    schema = ServeDeploySchema.model_validate(config)
     client = serve_api.serve_start(
         http_options=schema.http_options.model_dump(),
         proxy_location=ProxyLocation(schema.proxy_location),
@@ -317,15 +324,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds to wait until the app is running")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        config = yaml.safe_load(args.config.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError) as exc:
-        sys.exit(f"--config {args.config}: {exc}")
+    schema = read_config(args.config)
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # a local cluster would otherwise report usage outside
     ray.init(address=args.address, _node_ip_address=args.node_ip, namespace="serve", logging_level=logging.WARNING)
-    deploy(config, args.timeout)
-    http = config.get("http_options", {})
-    print(f"{APP_NAME} running on http://{http.get('host', '127.0.0.1')}:{http.get('port', 8000)}", flush=True)
+    deploy(schema, args.timeout)
+    print(f"{APP_NAME} running on http://{schema.http_options.host}:{schema.http_options.port}", flush=True)
     if args.address is None:  # the local cluster lives as long as this process
         signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
         try:

@@ -130,3 +130,16 @@ def test_a_failing_network_is_the_batchers_500() -> None:
     with pytest.raises(ServiceError) as error:
         _submit(handle, _crops(1))
     assert (error.value.status, error.value.code) == (500, "inference_failed")
+
+
+def test_a_bad_config_file_stops_the_launcher_with_one_message(tmp_path: Path) -> None:
+    from app.cluster import read_config
+
+    assert read_config(CONFIG).applications[0].name == "landmarks"
+    bad = tmp_path / "serve.yaml"
+    for text in ("applications: [{name: x}]", "proxy_location: [unclosed", ""):
+        bad.write_text(text)
+        with pytest.raises(SystemExit, match=rf"^--config {bad}: "):
+            read_config(bad)
+    with pytest.raises(SystemExit, match="No such file"):
+        read_config(tmp_path / "missing.yaml")
