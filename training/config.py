@@ -83,6 +83,7 @@ class TrainConfig(_Frozen):
     select: dict[str, float] = Field(default_factory=dict)  # best.pt: lowest weighted mean of these val NMEs
     epoch_size: int | None = Field(None, ge=1)  # draws per epoch; default: the training sets' total size
     augment: Augmentation = Augmentation()  # validated by pydantic like the rest
+    flip_offsets: Path | None = None  # per-source label offsets a flip carries over (python -m training.label_offsets)
     augment_on_device: bool = False  # hold the training faces on the device and augment there (training.device_augment)
     optim: OptimConfig = OptimConfig()
     epochs: int = Field(100, ge=1)  # the length the schedule is built for

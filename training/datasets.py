@@ -38,6 +38,7 @@ from model.codec import encode
 from model.config import ModelConfig
 from model.geometry import box_from_points, crop_matrix, crop_to_heatmap, transform_points, warp
 from model.landmarks import MIRROR, NUM_LANDMARKS
+from training.label_offsets import flip_correction
 from training.transforms import Augmentation, colour_jitter, occlude, sample_params
 
 log = logging.getLogger(__name__)
@@ -66,13 +67,19 @@ class DataError(ValueError):
 
 @dataclass(frozen=True)
 class Sample:
-    """One annotated face: ``points`` (68, 2) 0-based pixels; ``yaw`` in degrees when the data set has poses."""
+    """One annotated face: ``points`` (68, 2) 0-based pixels; ``yaw`` in degrees when the data set has poses.
+
+    ``source`` names whose annotation convention the labels follow (``aflw2000``, ``helen``, ``lfpw``, ``afw``,
+    ...): label offsets differ by source (:mod:`training.label_offsets`).
+    """
 
     image: Path
     points: NDArray[np.float64]
     name: str
     subset: str = ""
     yaw: float | None = None
+    source: str = ""
+    pose: tuple[float, float, float] | None = None  # (yaw, pitch, roll) in degrees, AFLW2000-3D's Pose_Para signs
 
 
 def read_pts(path: Path) -> NDArray[np.float64]:
@@ -123,9 +130,16 @@ def _mat_field(mat: dict[str, NDArray[np.float64]], key: str, path: Path) -> NDA
     return np.asarray(mat[key], dtype=np.float64)
 
 
-def _yaw_from_pose(mat: dict[str, NDArray[np.float64]], path: Path) -> float:
+def _pose(mat: dict[str, NDArray[np.float64]], path: Path) -> tuple[float, float, float]:
+    """``(yaw, pitch, roll)`` in degrees from ``Pose_Para`` (pitch, yaw, roll in radians, then translation, scale)."""
     pose = _mat_field(mat, "Pose_Para", path).reshape(-1)
-    return math.degrees(float(pose[1]))  # pitch, yaw, roll in radians
+    if len(pose) < 3 or not np.isfinite(pose[:3]).all():
+        raise DataError(f"{path}: Pose_Para has no finite angles")
+    return math.degrees(float(pose[1])), math.degrees(float(pose[0])), math.degrees(float(pose[2]))
+
+
+def _yaw_from_pose(mat: dict[str, NDArray[np.float64]], path: Path) -> float:
+    return _pose(mat, path)[0]
 
 
 def _as_68x2(array: NDArray[np.float64], path: Path, key: str) -> NDArray[np.float64]:
@@ -160,6 +174,12 @@ def _collect(items: Iterable[T], read: Callable[[T], Sample], skip_bad: bool, wh
     return samples
 
 
+def source_of(name: str) -> str:
+    """The 300-W source a file stem or folder names: ``helen_...`` / ``lfpw/trainset`` -> ``helen`` / ``lfpw``."""
+    head = name.lower().replace("/", "_").split("_")[0]
+    return head if head in ("helen", "lfpw", "afw", "ibug") else head or "unknown"
+
+
 def read_split(path: Path) -> list[str]:
     """Stems listed one per line in a split file (``train.txt`` / ``val.txt``)."""
     if not path.is_file():
@@ -192,7 +212,8 @@ def read_aflw2000(
             points = read_68(stem_path.with_suffix(".pts"))
         else:
             points = _as_68x2(_mat_field(mat, "pt3d_68", mat_path), mat_path, "pt3d_68")
-        return Sample(_image_beside(stem_path), points, stem_path.stem, split or "", _yaw_from_pose(mat, mat_path))
+        pose = _pose(mat, mat_path)
+        return Sample(_image_beside(stem_path), points, stem_path.stem, split or "", pose[0], "aflw2000", pose)
 
     return _collect((folder / s for s in stems), read, skip_bad, f"AFLW2000-3D {root}")
 
@@ -206,7 +227,8 @@ def read_pts_folder(root: Path, subset: str = "", skip_bad: bool = False) -> lis
         raise DataError(f"{root}: no .pts files found")
 
     def read(pts_path: Path) -> Sample:
-        return Sample(_image_beside(pts_path), read_68(pts_path), pts_path.stem, subset or root.name)
+        name = subset or root.name
+        return Sample(_image_beside(pts_path), read_68(pts_path), pts_path.stem, name, source=source_of(name))
 
     return _collect(files, read, skip_bad, f"300-W folder {root}")
 
@@ -220,7 +242,8 @@ def read_pts_split(root: Path, split: str, skip_bad: bool = False) -> list[Sampl
         raise DataError(f"{root / f'{split}.txt'}: lists no sample")
 
     def read(stem_path: Path) -> Sample:
-        return Sample(_image_beside(stem_path), read_68(stem_path.with_suffix(".pts")), stem_path.stem, split)
+        points = read_68(stem_path.with_suffix(".pts"))
+        return Sample(_image_beside(stem_path), points, stem_path.stem, split, source=source_of(stem_path.stem))
 
     return _collect((folder / s for s in stems), read, skip_bad, f"300-W folder {root} ({split})")
 
@@ -266,7 +289,7 @@ def read_300w_lp(
                 width = _image_width(image)
                 points = np.stack([width - 1 - points[:, 0], points[:, 1]], 1)[list(MIRROR)]
                 yaw = -yaw
-            return Sample(image, points, mat_path.stem, folder.name, yaw)
+            return Sample(image, points, mat_path.stem, folder.name, yaw, f"300w_lp_{subset.lower()}")
 
         samples += _collect(sorted(folder.glob("*.mat")), read, skip_bad, f"300W-LP {folder}")
     return samples
@@ -295,10 +318,18 @@ class LandmarkDataset(Dataset[dict[str, torch.Tensor]]):
     """
 
     def __init__(
-        self, samples: Sequence[Sample], config: ModelConfig, augment: Augmentation | None = None, seed: int = 0
+        self,
+        samples: Sequence[Sample],
+        config: ModelConfig,
+        augment: Augmentation | None = None,
+        seed: int = 0,
+        flip_offsets: NDArray[np.float64] | None = None,
     ) -> None:
         if not samples:
             raise DataError("empty data set")
+        if flip_offsets is not None and flip_offsets.shape != (len(samples), NUM_LANDMARKS, 2):
+            raise ValueError(f"flip_offsets has shape {flip_offsets.shape}, expected ({len(samples)}, 68, 2)")
+        self.flip_offsets = flip_offsets  # (N, K, 2) image pixels: flips keep each source's label convention
         self.samples = list(samples)
         self.config = config
         self.augment = augment
@@ -330,6 +361,9 @@ class LandmarkDataset(Dataset[dict[str, torch.Tensor]]):
             if params.flip:
                 points = points[list(MIRROR)]
         crop_points = transform_points(matrix, points)
+        if self.augment is not None and params.flip and self.flip_offsets is not None:
+            unflipped = np.array([[-1.0, 0.0], [0.0, 1.0]]) @ matrix[:, :2]
+            crop_points = crop_points + flip_correction(self.flip_offsets[index], matrix[:, :2], unflipped)
         hm_points = torch.from_numpy(crop_to_heatmap(crop_points, self.config.heatmap_stride)).float()
         return {
             "image": torch.from_numpy(np.ascontiguousarray(crop)),

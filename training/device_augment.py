@@ -32,6 +32,7 @@ from model.geometry import DEFAULT_MARGIN, box_from_points, crop_matrix, crop_to
 from model.landmarks import MIRROR
 from model.network import PIXEL_MEAN, PIXEL_SCALE
 from training.datasets import Sample, load_image
+from training.label_offsets import flip_correction
 from training.transforms import Augmentation
 
 BANK_MARGIN = 1.5  # the bank crop is 2.5x the box's longer side: room for scale 0.85, margin +0.1, 40 deg and shift
@@ -50,10 +51,19 @@ class FaceBank:
 
     images: Tensor
     points: Tensor
+    flip_offsets: Tensor | None = None  # (N, K, 2) bank pixels: what a flip must carry over (training.label_offsets)
 
     @classmethod
-    def from_samples(cls, samples: Sequence[Sample], config: ModelConfig, device: torch.device) -> FaceBank:
+    def from_samples(
+        cls,
+        samples: Sequence[Sample],
+        config: ModelConfig,
+        device: torch.device,
+        flip_offsets: NDArray[np.float64] | None = None,
+    ) -> FaceBank:
+        """``flip_offsets`` ``(N, K, 2)`` in image pixels, as :func:`training.label_offsets.per_sample` gives."""
         side = bank_side(config)
+        offsets = None if flip_offsets is None else torch.empty((len(samples), len(samples[0].points), 2))
         images = torch.empty((len(samples), 3, side, side), dtype=torch.uint8)
         points = torch.empty((len(samples), len(samples[0].points), 2), dtype=torch.float32)
         for i, sample in enumerate(samples):
@@ -63,7 +73,9 @@ class FaceBank:
             crop = _area_warp(image, matrix, side) if shrink else warp(image, matrix, side)  # no aliasing
             images[i] = torch.from_numpy(np.ascontiguousarray(crop.transpose(2, 0, 1)))
             points[i] = torch.from_numpy(transform_points(matrix, sample.points).astype(np.float32))
-        return cls(images.to(device), points.to(device))
+            if offsets is not None and flip_offsets is not None:  # image pixels -> bank pixels (no rotation)
+                offsets[i] = torch.from_numpy(flip_offsets[i] @ matrix[:, :2].T)
+        return cls(images.to(device), points.to(device), None if offsets is None else offsets.to(device))
 
     def __len__(self) -> int:
         return len(self.images)
@@ -164,6 +176,12 @@ class DeviceAugmenter:
         x = self.occlude(self.colour(self.warp(self.bank.images[index], matrices), generator), generator)
         crop_points = self.bank.points[index] @ matrices[:, :, :2].transpose(1, 2) + matrices[:, :, 2][:, None]
         crop_points = torch.where(flip[:, None, None], crop_points[:, self.mirror], crop_points)
+        if self.bank.flip_offsets is not None:
+            linear = matrices[:, :, :2]
+            unflipped = linear.clone()
+            unflipped[:, 0] = -linear[:, 0]
+            correction = flip_correction(self.bank.flip_offsets[index], linear, unflipped)
+            crop_points = crop_points + torch.where(flip[:, None, None], correction, torch.zeros_like(correction))
         points = crop_to_heatmap(crop_points, self.config.heatmap_stride)
         heatmaps = encode(points, self.config.heatmap_size, self.config.heatmap_sigma)
         return {"input": (x - PIXEL_MEAN) * PIXEL_SCALE, "heatmaps": heatmaps, "points": points}

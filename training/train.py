@@ -34,6 +34,7 @@ from model.config import ModelConfig
 from model.inference import InferenceModel, cpu_supports_bf16, resolve_device
 from model.network import LandmarkNet, build_model, to_channels_last
 from model.pipeline import PipelineOptions
+from training import label_offsets
 from training.config import TrainConfig, dump_config, load_config
 from training.datasets import DataError, LandmarkDataset, MixtureSampler, load_samples
 from training.device_augment import DeviceAugmenter, FaceBank
@@ -195,7 +196,12 @@ def validate_all(
 def build_train_set(cfg: TrainConfig, model_config: ModelConfig) -> tuple[LandmarkDataset, list[int]]:
     """All training sets in one index space (one augmentation), and each one's size for the sampler."""
     parts = [load_samples(s.format, s.root, s.split, s.labels, cfg.skip_bad) for s in cfg.train]
-    dataset = LandmarkDataset([x for part in parts for x in part], model_config, cfg.augment, seed=cfg.seed)
+    samples = [x for part in parts for x in part]
+    offsets = None
+    if cfg.flip_offsets is not None:
+        points = np.stack([x.points for x in samples])
+        offsets = label_offsets.per_sample(label_offsets.load(cfg.flip_offsets), [x.source for x in samples], points)
+    dataset = LandmarkDataset(samples, model_config, cfg.augment, seed=cfg.seed, flip_offsets=offsets)
     return dataset, [len(part) for part in parts]
 
 
@@ -325,7 +331,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     augmenter = None
     if cfg.augment_on_device:
         log.info("holding %d training faces on %s for on-device augmentation", len(train_set), run.device)
-        bank = FaceBank.from_samples(train_set.samples, model_config, run.device)
+        bank = FaceBank.from_samples(train_set.samples, model_config, run.device, train_set.flip_offsets)
         augmenter = DeviceAugmenter(bank, model_config, cfg.augment, cfg.seed + run.rank)
 
     net, model = build_model_for(cfg, model_config, run)
