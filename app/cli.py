@@ -29,7 +29,7 @@ from app.errors import ServiceError
 from app.forms import parse_boxes, parse_max_faces
 from app.imaging import decode_image
 from app.responses import Prediction, render_png, to_response
-from app.service import build_detector, load_engine
+from app.service import build_detector, load_engine, load_head
 from app.settings import Settings
 from model.artifacts import CheckpointError
 from model.detector import DetectorError
@@ -88,7 +88,9 @@ class Annotator:
     def __init__(self, settings: Settings, engine: Engine, faces: list[FaceBox] | None, max_faces: int) -> None:
         self.settings = settings
         self.engine = engine
-        self.pipeline = Pipeline(settings.pipeline_options(), engine.config.input_size, build_detector(settings))
+        self.pipeline = Pipeline(
+            settings.pipeline_options(), engine.config.input_size, build_detector(settings), load_head(settings)
+        )
         self.faces = faces
         self.max_faces = max_faces
 

@@ -8,10 +8,11 @@ import numpy as np
 from numpy.typing import NDArray
 
 from app.imaging import encode_png
-from app.schemas import Face, ImageInfo, LandmarksResponse, ModelInfo
+from app.schemas import Face, HeadPose, ImageInfo, LandmarksResponse, ModelInfo
 from model.pipeline import EngineInfo
 from model.pipeline import Face as PipelineFace
-from model.render import draw_landmarks
+from model.pose import PoseFit
+from model.render import draw_landmarks, draw_pose_axes
 
 
 @dataclass
@@ -24,6 +25,17 @@ class Prediction:
     batch_sizes: list[int] = field(default_factory=list)
 
 
+POSE_OFF = "pose estimation is off (LANDMARKS_HEAD_MODEL=none)"
+
+
+def head_pose(fit: PoseFit | None) -> HeadPose | None:
+    if fit is None or fit.pose is None:
+        return None
+    p = fit.pose
+    return HeadPose(yaw=round(p.yaw, 2), pitch=round(p.pitch, 2), roll=round(p.roll, 2),
+                    confidence=round(p.confidence, 4))  # fmt: skip
+
+
 def to_response(prediction: Prediction, engine: EngineInfo) -> LandmarksResponse:
     faces = [
         Face(
@@ -32,6 +44,8 @@ def to_response(prediction: Prediction, engine: EngineInfo) -> LandmarksResponse
             landmarks=np.round(f.landmarks.points, 3).tolist(),
             confidence=np.round(f.landmarks.confidence, 4).tolist(),
             score=round(float(np.mean(f.landmarks.confidence)), 4),
+            pose=head_pose(f.pose),
+            pose_reason=POSE_OFF if f.pose is None else f.pose.reason,
         )
         for f in prediction.faces
     ]
@@ -53,4 +67,6 @@ def render_png(prediction: Prediction) -> bytes:
     image = prediction.image
     for face in prediction.faces:
         image = draw_landmarks(image, face.landmarks.points, face.landmarks.confidence, box=np.asarray(face.box))
+        if face.pose is not None:
+            image = draw_pose_axes(image, face.pose, face.box)
     return encode_png(image)

@@ -12,6 +12,16 @@ class ImageInfo(BaseModel):
     height: int = Field(description="height of the EXIF-rotated image in pixels")
 
 
+class HeadPose(BaseModel):
+    yaw: float = Field(
+        description="degrees; > 0: the face turns towards the image's left (the subject's right). AFLW2000-3D's "
+        "Pose_Para signs, as are pitch and roll"
+    )
+    pitch: float = Field(description="degrees; > 0: the face tilts up (looks up)")
+    roll: float = Field(description="degrees; > 0: the face turns clockwise in the image")
+    confidence: float = Field(description="0-1, from how well the 3D head fits the points (1: exactly)")
+
+
 class Face(BaseModel):
     box: list[float] = Field(
         min_length=4,
@@ -30,6 +40,15 @@ class Face(BaseModel):
     )
     confidence: list[float] = Field(description="68 per-point confidences in [0, 1] (calibrated against error)")
     score: float = Field(description="mean of the per-point confidences")
+    pose: HeadPose | None = Field(
+        description="head pose fitted to the 68 points (a 3D face from AFLW2000-3D train); null when it cannot "
+        "be trusted or pose is off, with pose_reason"
+    )
+    pose_reason: str | None = Field(
+        None,
+        description="why pose is null (too few confident points, degenerate points, a poor fit, pose off); "
+        "null when there is a pose",
+    )
 
 
 class ModelInfo(BaseModel):

@@ -27,6 +27,7 @@ from app.settings import Settings
 from model.detector import YuNetDetector
 from model.geometry import Box
 from model.pipeline import Crop, Detector, Engine, EngineInfo, Landmarks, Pipeline, caller_faces
+from model.pose import HeadModel
 
 log = logging.getLogger("app")
 
@@ -91,7 +92,7 @@ class LandmarkService:
         self.engine = engine
         self.runner = runner
         self.metrics = metrics
-        self.pipeline = Pipeline(settings.pipeline_options(), engine.config.input_size, detector)
+        self.pipeline = Pipeline(settings.pipeline_options(), engine.config.input_size, detector, load_head(settings))
         self._pool = ThreadPoolExecutor(settings.preprocess_threads, thread_name_prefix="preprocess")
         self.lifecycle = Lifecycle()
         self.pixels = PixelBudget(settings.max_pixels_in_flight)
@@ -193,6 +194,11 @@ async def load_service(settings: Settings, metrics: Metrics, loader: EngineLoade
     engine = await asyncio.get_running_loop().run_in_executor(worker, loader, settings)
     runner = LocalRunner(engine, settings, metrics, worker)
     return LandmarkService(settings, engine, runner, build_detector(settings), metrics)
+
+
+def load_head(settings: Settings) -> HeadModel | None:
+    """The head model that gives each face its pose (``LANDMARKS_HEAD_MODEL``), or ``None`` when pose is off."""
+    return None if settings.head_model is None else HeadModel.load(settings.head_model)
 
 
 def build_detector(settings: Settings) -> YuNetDetector:

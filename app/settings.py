@@ -13,6 +13,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from model.artifacts import SHIPPED_CHECKPOINT, SHIPPED_ONNX
 from model.detector import DetectorOptions
 from model.pipeline import PipelineOptions
+from model.pose import DEFAULT_HEAD_MODEL
 
 
 class Settings(BaseSettings):
@@ -73,6 +74,11 @@ class Settings(BaseSettings):
         False,
         description="rotate detected faces' crops upright: the first on YuNet's eye line, the second pass on the "
         "first pass's eyes (caller boxes: never rotated)",
+    )
+    head_model: Path | None = Field(
+        DEFAULT_HEAD_MODEL,
+        description="3D head model for each face's yaw, pitch and roll (made by python -m training.fit_head); "
+        "'none': no pose (every face's pose is null, pose_reason says so)",
     )
     cuda_graphs: bool = Field(
         True, description="on CUDA, replay one captured CUDA graph per power-of-two batch size (ignored on CPU)"
@@ -146,6 +152,11 @@ class Settings(BaseSettings):
                 min_face_px=self.detector_min_face_px,
             ),
         )
+
+    @field_validator("head_model", mode="before")
+    @classmethod
+    def _head_model(cls, value: object) -> object:
+        return None if isinstance(value, str) and value.strip().lower() in ("none", "off", "false") else value
 
     @field_validator("runtime")
     @classmethod

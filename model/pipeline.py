@@ -13,6 +13,8 @@ Stages, in order, each in one function here:
 5. **second pass** — detected faces only (a caller's box is taken as given): :func:`refine` re-frames each face
    from its first-pass landmarks (the tight box, upright in the face's own frame with ``align``) and the face
    runs again. Off with ``PipelineOptions.second_pass``.
+6. **pose** — with a :class:`model.pose.HeadModel`, each face's yaw, pitch and roll from its final points
+   (:func:`model.pose.estimate_pose`), or no pose with the reason.
 
 :meth:`Pipeline.steps` is that sequence as a generator that yields the crops it needs run and receives their
 landmarks, so the same code drives a plain call (:meth:`Pipeline.run`), an async batcher
@@ -36,6 +38,7 @@ from model.config import ModelConfig
 from model.detector import Detection, DetectorOptions
 from model.geometry import Box, crop_matrix, invert, line_roll, warp
 from model.landmarks import LEFT_EYE, RIGHT_EYE
+from model.pose import HeadModel, PoseFit, PoseOptions, estimate_pose
 
 Source = Literal["caller", "detector"]
 Image = NDArray[np.uint8]
@@ -55,6 +58,7 @@ class PipelineOptions:
     second_pass: bool = True  # re-frame detected faces from their first-pass landmarks and run again
     align: bool = False  # rotate crops upright (detector: YuNet's eye line; second pass: the 68 points' eyes)
     detector: DetectorOptions = DetectorOptions()
+    pose: PoseOptions = PoseOptions()  # how head pose is fitted (with a head model) and when it is refused
 
 
 @dataclass(frozen=True)
@@ -102,6 +106,7 @@ class Face:
     source: Source
     detection_score: float | None
     landmarks: Landmarks
+    pose: PoseFit | None = None  # None: the pipeline has no head model
 
 
 @dataclass
@@ -238,13 +243,27 @@ class Pipeline:
     """Photo -> faces -> framings -> crops -> ``infer`` -> second pass -> :class:`PhotoResult` (module docstring).
 
     ``input_size`` is the network's crop side; ``detector`` finds faces when no boxes are given (``None``: the
-    caller always gives boxes, e.g. evaluation with ground-truth boxes).
+    caller always gives boxes, e.g. evaluation with ground-truth boxes); ``head`` fits each face's head pose
+    (``None``: no pose).
     """
 
-    def __init__(self, options: PipelineOptions, input_size: int, detector: Detector | None = None) -> None:
+    def __init__(
+        self,
+        options: PipelineOptions,
+        input_size: int,
+        detector: Detector | None = None,
+        head: HeadModel | None = None,
+    ) -> None:
         self.options = options
         self.input_size = input_size
         self.detector = detector
+        self.head = head
+
+    def pose(self, landmarks: Landmarks) -> PoseFit | None:
+        """The face's head pose from its final points (``None`` without a head model)."""
+        if self.head is None:
+            return None
+        return estimate_pose(landmarks.points, landmarks.confidence, self.head, self.options.pose)
 
     def detect(self, image: Image, max_faces: int) -> list[FaceBox]:
         """The detector's faces, largest first, at most ``max_faces``."""
@@ -284,9 +303,13 @@ class Pipeline:
             check_count(second, crops)
             for i, result in zip(again, second, strict=True):
                 results[i] = result
+        t0 = time.perf_counter()
         faces_out = [
-            Face(fr.box, f.source, f.detection_score, r) for f, fr, r in zip(faces, framings, results, strict=True)
+            Face(fr.box, f.source, f.detection_score, r, self.pose(r))
+            for f, fr, r in zip(faces, framings, results, strict=True)
         ]
+        if self.head is not None:
+            timings["pose"] = 1000 * (time.perf_counter() - t0)
         return PhotoResult(faces_out, timings)
 
     def run(

@@ -7,6 +7,9 @@ import numpy as np
 from numpy.typing import NDArray
 
 from model.landmarks import CONTOURS
+from model.pose import PoseFit, axes_2d
+
+AXIS_COLOURS = ((230, 40, 40), (40, 200, 40), (40, 90, 255))  # RGB of the head's x (right), y (up), z (out)
 
 
 def confidence_colour(c: float) -> tuple[int, int, int]:
@@ -54,4 +57,22 @@ def draw_landmarks(
     for p, c, ok in zip(points, conf, finite, strict=True):
         if ok:
             cv2.circle(out, pt(p), radius + 1, confidence_colour(float(c)), -1, cv2.LINE_AA, shift)
+    return out
+
+
+def draw_pose_axes(image: NDArray[np.uint8], fit: PoseFit, box: tuple[float, float, float, float]) -> NDArray[np.uint8]:
+    """A copy of ``image`` with the head's three axes drawn from its origin (:mod:`model.pose`): x (the image's
+    right on a frontal face) red, y (up) green, z (out of the face, where it looks) blue, each half the box's longer
+    side long."""
+    ends = axes_2d(fit, 0.5 * max(box[2] - box[0], box[3] - box[1]))
+    if ends is None or not np.isfinite(ends).all():
+        return image
+    out = np.ascontiguousarray(image.copy())
+    side = max(out.shape[:2])
+    thickness, shift = max(2, round(side / 300)), 4
+    fixed = 1 << shift
+    q = (np.clip(ends, -side, 2 * side) * fixed).round().astype(int)
+    for k in (3, 2, 1):  # z first, then y, then x on top, so the axes pointing at the viewer stay visible
+        start, end = (int(q[0, 0]), int(q[0, 1])), (int(q[k, 0]), int(q[k, 1]))
+        cv2.arrowedLine(out, start, end, AXIS_COLOURS[k - 1], thickness, cv2.LINE_AA, shift, 0.15)
     return out

@@ -18,7 +18,7 @@ import functools
 import json
 import logging
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -31,8 +31,10 @@ from model.detector import YuNetDetector, match_detection
 from model.geometry import as_box, box_from_points
 from model.landmarks import GROUPS
 from model.pipeline import Engine, FaceBox, Landmarks, Pipeline, PipelineOptions, caller_faces
+from model.pose import DEFAULT_HEAD_MODEL, HeadModel, PoseFit
 from model.render import draw_landmarks
 from training.datasets import W300_SUBSETS, DataError, Sample, load_image, load_samples
+from training.label_offsets import offset_table
 from training.metrics import NORMALISERS, ced, nme, point_errors, spearman, summarise, yaw_table
 
 log = logging.getLogger("training.evaluate")
@@ -48,6 +50,7 @@ class Evaluation:
     coarse_points: np.ndarray  # (N, 68, 2) stage 1
     found: int
     total: int
+    poses: list[PoseFit | None] = field(default_factory=list)  # each face's head pose, with a head model
 
 
 def gt_boxes(samples: list[Sample]) -> list[np.ndarray]:
@@ -70,15 +73,19 @@ def find_faces(samples: list[Sample], boxes: str) -> tuple[list[Sample], list[Fa
     return kept, faces
 
 
-def run(engine: Engine, samples: list[Sample], boxes: str, options: PipelineOptions) -> Evaluation:
+def run(
+    engine: Engine, samples: list[Sample], boxes: str, options: PipelineOptions, head: HeadModel | None = None
+) -> Evaluation:
     """Predict every sample's face through :class:`model.pipeline.Pipeline`, as the service does: ``boxes`` ``gt``
-    or ``detector``; the options' second pass (detected faces only) and alignment apply as they do in service."""
+    or ``detector``; the options' second pass (detected faces only) and alignment apply as they do in service;
+    with ``head``, each face's head pose too."""
     chosen, faces = find_faces(samples, boxes)
     if not chosen:
         raise DataError("no face to evaluate (the detector found none)")
-    pipeline = Pipeline(options, engine.config.input_size)
+    pipeline = Pipeline(options, engine.config.input_size, head=head)
     infer = functools.partial(engine.infer, with_coarse=True)
     results: list[Landmarks] = []
+    poses: list[PoseFit | None] = []
     step = 64  # photos in memory at once
     bar = tqdm(total=len(chosen), desc="evaluate", disable=not sys.stderr.isatty(), dynamic_ncols=True)
     for start in range(0, len(chosen), step):
@@ -86,6 +93,7 @@ def run(engine: Engine, samples: list[Sample], boxes: str, options: PipelineOpti
         photos = [(load_image(s.image), [f]) for s, f in part]
         for photo in pipeline.run_many(photos, infer, options.max_batch_size):
             results.append(photo.faces[0].landmarks)
+            poses.append(photo.faces[0].pose)
         bar.update(len(photos))
     bar.close()
     return Evaluation(
@@ -95,7 +103,34 @@ def run(engine: Engine, samples: list[Sample], boxes: str, options: PipelineOpti
         np.stack([r.coarse_points for r in results if r.coarse_points is not None]),
         len(chosen),
         len(samples),
+        poses,
     )
+
+
+def pose_report(ev: Evaluation) -> dict[str, Any] | None:
+    """Head pose MAE (degrees) against the samples' ground-truth poses, HopeNet's protocol (faces with an angle
+    beyond ±99° left out): yaw, pitch, roll, their mean, by yaw bin; faces refused; Spearman(confidence, error)."""
+    if not ev.poses or any(s.pose is None for s in ev.samples):
+        return None
+    keep = [i for i, s in enumerate(ev.samples) if max(abs(a) for a in s.pose or ()) <= 99]
+    fits = [(i, ev.poses[i]) for i in keep]
+    done = [(i, f.pose) for i, f in fits if f is not None and f.pose is not None]
+    out: dict[str, Any] = {
+        "protocol": "HopeNet: faces with an angle beyond 99 degrees left out",
+        "faces": len(keep),
+        "refused": len(keep) - len(done),
+    }
+    if not done:
+        return out
+    truth = np.array([ev.samples[i].pose for i, _ in done])
+    got = np.array([[p.yaw, p.pitch, p.roll] for _, p in done])
+    errors = np.abs((got - truth + 180) % 360 - 180)
+    mae = errors.mean(axis=0)
+    out["mae"] = {"yaw": float(mae[0]), "pitch": float(mae[1]), "roll": float(mae[2]), "mean": float(mae.mean())}
+    out["yaw_bins"] = yaw_table(errors.mean(axis=1), np.abs(truth[:, 0]), unit=1.0)
+    confidence = np.array([p.confidence for _, p in done])
+    out["confidence_spearman"] = spearman(confidence[None, :], errors.mean(axis=1)[None, :])
+    return out
 
 
 def subsets_of(samples: list[Sample], fmt: str) -> dict[str, np.ndarray]:
@@ -130,6 +165,11 @@ def report(ev: Evaluation, gt: np.ndarray, fmt: str) -> dict[str, Any]:
     errors = point_errors(ev.points, gt) / box[:, None]
     out["confidence_spearman"] = spearman(ev.confidence, errors)
     out["landmark_groups"] = group_table(ev.points, gt)
+    sources = [s.source for s in ev.samples]
+    out["offsets"] = {norm: offset_table(ev.points, gt, sources, norm) for norm in ("box", "inter_ocular")}
+    pose = pose_report(ev)
+    if pose is not None:
+        out["pose"] = pose
     return out
 
 
@@ -198,6 +238,31 @@ def write_markdown(path: Path, results: dict[str, Any], header: str) -> None:
             lines.append("|---" * (len(REGIONS) + 1) + "|")
             for norm, row in groups.items():
                 lines.append(f"| {norm} | " + " | ".join(f"{row[g]:.2f}" for g in REGIONS) + " |")
+        if "offsets" in res:
+            lines += ["", "Mean offset of the predictions (prediction - label) by annotation source:", ""]
+            lines += ["| source | faces | x % box | y % box | x % inter-ocular | y % inter-ocular | x px | y px |"]
+            lines.append("|---|---|---|---|---|---|---|---|")
+            for source, box in res["offsets"]["box"].items():
+                io = res["offsets"]["inter_ocular"][source]
+                lines.append(
+                    f"| {source} | {box['faces']} | {box['x_pct']:+.2f} | {box['y_pct']:+.2f} | {io['x_pct']:+.2f} | "
+                    f"{io['y_pct']:+.2f} | {box['x_px']:+.2f} | {box['y_px']:+.2f} |"
+                )
+        if "mae" in res.get("pose", {}):
+            pose = res["pose"]
+            mae, bins = pose["mae"], pose["yaw_bins"]
+            keys = [k for k in bins if not k.endswith("_count")]
+            lines += [
+                "",
+                f"Head pose, mean absolute error in degrees ({pose['protocol']}; {pose['faces']} faces, "
+                f"{pose['refused']} refused; Spearman(pose confidence, error) = {pose['confidence_spearman']:.3f}):",
+                "",
+                "| yaw | pitch | roll | mean | " + " | ".join(f"mean, yaw {k}" for k in keys) + " |",
+                "|---" * (4 + len(keys)) + "|",
+                f"| {mae['yaw']:.2f} | {mae['pitch']:.2f} | {mae['roll']:.2f} | {mae['mean']:.2f} | "
+                + " | ".join(f"{bins[k]:.2f}" for k in keys)
+                + " |",
+            ]
         if "yaw_bins_box" in res:
             keys = [k for k in res["yaw_bins_box"]["stage2"] if not k.endswith("_count")]
             lines += [
@@ -272,6 +337,12 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--align", action="store_true", help="rotate crops upright (detector: YuNet's eyes; 2nd pass: 68 pts)"
     )
+    p.add_argument(
+        "--head-model",
+        type=Path,
+        default=DEFAULT_HEAD_MODEL,
+        help="3D head model for head pose (reported where the data has poses); 'none' for no pose",
+    )
     return p
 
 
@@ -291,6 +362,7 @@ def pipeline_options(args: argparse.Namespace) -> PipelineOptions:
 def main(args: argparse.Namespace) -> dict[str, Any]:
     options = pipeline_options(args)
     engine = load_for_inference(args.checkpoint, options)
+    head = None if str(args.head_model).lower() == "none" else HeadModel.load(args.head_model)
     label_sets = (
         [args.labels]
         if args.labels not in (None, "both")
@@ -315,7 +387,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     for labels in label_sets:
         samples = load_samples(args.format, args.data, args.split, labels)
         if ev is None or args.boxes == "gt":  # GT boxes depend on the label set; detections do not
-            ev = run(engine, samples, args.boxes, options)
+            ev = run(engine, samples, args.boxes, options, head)
         names = {s.name: s for s in samples}
         gt = np.stack([names[s.name].points for s in ev.samples])
         key = labels or "default"

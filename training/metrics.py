@@ -81,15 +81,16 @@ def summarise(errors: Array, thresholds: Sequence[float] = (0.07, 0.08, 0.10)) -
     return out
 
 
-def yaw_table(errors: Array, yaw_deg: Array) -> dict[str, float]:
-    """Mean NME (%) per absolute-yaw bin [0, 30), [30, 60), [60, 90] and their balanced mean (3DDFA)."""
+def yaw_table(errors: Array, yaw_deg: Array, unit: float = 100.0) -> dict[str, float]:
+    """Mean error per absolute-yaw bin [0, 30), [30, 60), [60, 90] and their balanced mean (3DDFA), times ``unit``
+    (100: NMEs as %; 1: errors kept in their own unit, e.g. degrees)."""
     yaw = np.abs(np.asarray(yaw_deg))
     table: dict[str, float] = {}
     means = []
     for lo, hi in YAW_BINS:
         mask = (yaw >= lo) & (yaw < hi)
         key = f"[{lo:.0f},{hi:.0f})" if np.isfinite(hi) else f"[{lo:.0f},90]"
-        table[key] = 100 * float(errors[mask].mean()) if mask.any() else float("nan")
+        table[key] = unit * float(errors[mask].mean()) if mask.any() else float("nan")
         table[f"{key}_count"] = float(mask.sum())
         if mask.any():
             means.append(table[key])
