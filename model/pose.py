@@ -158,10 +158,16 @@ class PoseFit:
 
 
 def _weighted_affine(head: Array, v: Array, w: Array) -> tuple[Array, Array]:
-    """Least-squares 2x3 ``M`` and ``t`` with ``v ≈ head @ M.T + t`` under per-point weights."""
-    design = np.hstack([head, np.ones((len(head), 1))]) * np.sqrt(w)[:, None]
-    solution, *_ = np.linalg.lstsq(design, v * np.sqrt(w)[:, None], rcond=None)
+    """Least-squares 2x3 ``M`` and ``t`` with ``v ≈ head @ M.T + t`` under per-point weights (normal equations)."""
+    design = np.empty((len(head), 4))
+    design[:, :3], design[:, 3] = head, 1.0
+    weighted = design * w[:, None]
+    solution = np.linalg.solve(design.T @ weighted + 1e-9 * np.eye(4), weighted.T @ v)
     return solution[:3].T, solution[3]
+
+
+def _cross(a: Array, b: Array) -> Array:
+    return np.array([a[1] * b[2] - a[2] * b[1], a[2] * b[0] - a[0] * b[2], a[0] * b[1] - a[1] * b[0]])
 
 
 def estimate_pose(
@@ -185,17 +191,18 @@ def estimate_pose(
     if spread[1] < 1e-3 * max(spread[0], 1e-9):
         return PoseFit(None, "degenerate points (collinear)")
     modes = head.modes[: options.shape_modes]
+    flat_modes = modes.reshape(len(modes), -1)
     coeffs = np.zeros(len(modes))
     r = np.eye(3)
     scale, t = 1.0, np.zeros(2)
     for _ in range(options.iterations):
-        shape = head.mean + np.tensordot(coeffs, modes, axes=1)
+        shape = head.mean + (coeffs @ flat_modes).reshape(-1, 3)
         m, t = _weighted_affine(shape, v, w)
         u, s, vt = np.linalg.svd(m, full_matrices=False)
         if s[1] < 0.3 * s[0]:  # no rotation projects a face this flat: the points are not a face
             return PoseFit(None, "degenerate points (no rotation fits them)")
         r2 = u @ vt
-        r = np.vstack([r2, np.cross(r2[0], r2[1])])
+        r = np.vstack([r2, _cross(r2[0], r2[1])])
         scale = float(s.mean())
         if len(modes):  # ridge on the shape coefficients, rotation and scale fixed
             residual = (v - t - scale * (head.mean @ r[:2].T)).reshape(-1)
@@ -204,7 +211,7 @@ def estimate_pose(
             prior = (options.point_noise * scale) ** 2 * float(w.sum() / w.max())
             lhs = basis.T @ (basis * ww[:, None]) + prior * np.eye(len(modes))
             coeffs = np.linalg.solve(lhs, basis.T @ (residual * ww))
-    shape = head.mean + np.tensordot(coeffs, modes, axes=1)
+    shape = head.mean + (coeffs @ flat_modes).reshape(-1, 3)
     fitted = scale * (shape @ r[:2].T) + t
     size = scale * float(np.sqrt(np.prod(np.ptp(head.mean[:, :2], axis=0))))
     error = float(np.sqrt((w * ((fitted - v) ** 2).sum(1)).sum() / w.sum())) / max(size, 1e-9)

@@ -1,5 +1,6 @@
 """Accuracy guarded in CI: the shipped checkpoint, re-evaluated on the real val and test splits, must reproduce every
-committed report within 0.05 NME points, and the model card must be exactly what its reports say."""
+committed report within 0.05 NME points (and 0.05 degrees of head pose), and the model card must be exactly what its
+reports say."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from model.artifacts import WEIGHTS
 from training import evaluate
 from training.ship import card, text_of_card
 
-TOLERANCE = 0.05  # NME points
+TOLERANCE = 0.05  # NME points, and degrees of head pose
 # The ground-truth-box reports of every split, and the service's path (YuNet + second pass) on the test splits.
 GUARDED = sorted(
     p
@@ -31,6 +32,15 @@ def nme_means(report: dict[str, Any], prefix: str = "") -> dict[str, float]:
         elif key == "nme_mean":
             found[prefix] = float(value)
     return found
+
+
+def pose_maes(report: dict[str, Any]) -> dict[str, float]:
+    """Every head pose MAE (degrees) in a report, by label set and angle."""
+    return {
+        f"{label}/{angle}": float(value)
+        for label, res in report["label_sets"].items()
+        for angle, value in res.get("pose", {}).get("mae", {}).items()
+    }
 
 
 def rerun_args(committed: dict[str, Any], out: Path) -> list[str]:
@@ -61,6 +71,10 @@ def test_a_committed_report_reproduces(path, aflw_dir, w300_dir, tmp_path):
     assert before.keys() == after.keys()
     moved = {k: round(after[k] - before[k], 4) for k in before if abs(after[k] - before[k]) > TOLERANCE}
     assert not moved, f"NME moved by more than {TOLERANCE} points from {path}: {moved}"
+    before, after = pose_maes(committed), pose_maes(fresh)
+    assert before.keys() == after.keys()
+    moved = {k: round(after[k] - before[k], 4) for k in before if abs(after[k] - before[k]) > TOLERANCE}
+    assert not moved, f"head pose MAE moved by more than {TOLERANCE} degrees from {path}: {moved}"
 
 
 def test_the_model_card_is_what_its_reports_say():

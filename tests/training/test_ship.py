@@ -33,6 +33,12 @@ def report(nme: float, count: int = 200, recall: float = 1.0) -> dict:
         "all": block,
         "confidence_spearman": -0.6,
         "yaw_bins_box": {"stage1": yaw, "stage2": yaw},
+        "pose": {
+            "faces": 190,
+            "refused": 1,
+            "mae": {"yaw": 3.0, "pitch": 4.0, "roll": 2.0, "mean": 3.0},
+            "yaw_bins": {"[0,30)": 2.5, "[30,60)": 3.5, "[60,90]": 5.0},
+        },
     }
     return {"label_sets": {"pts": label, "mat": label}}
 
@@ -81,6 +87,10 @@ def test_model_card_quotes_the_committed_reports_test_first(tmp_path):
     assert "| AFLW2000-3D test (pts) | box | stage2 | 5.00 |" in text
     assert "| aflw2000-3d/val | 200 | -0.550 | 0.100 | 0.010 |" in text
     assert "research and non-commercial use only" in text
+    assert (
+        "| ours, AFLW2000-3D test split, ground-truth boxes | 190 (1 refused) | 3.00 | 4.00 | 2.00 | **3.00** |" in text
+    )
+    assert "| 6DRepNet, all of AFLW2000-3D (cross-dataset) |" in text
     assert "training.train --config x.yaml" in text
     assert "## Notes on this run" not in text
     noted = card(tmp_path, CardText(about, "", "Resumed at epoch 70.\n"))
