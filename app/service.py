@@ -26,6 +26,7 @@ from app.responses import Prediction
 from app.settings import Settings
 from model.detector import YuNetDetector
 from model.geometry import Box
+from model.landmarker import load_engine as load_runtime_engine
 from model.pipeline import Crop, Detector, Engine, EngineInfo, Landmarks, Pipeline, caller_faces
 from model.pose import HeadModel
 
@@ -179,13 +180,13 @@ ServiceFactory = Callable[[Settings, Metrics], Awaitable[LandmarkService]]
 def load_engine(settings: Settings) -> Engine:
     """The served model on its runtime: the checkpoint on torch (the settings' device, precision, batch size and
     graphs), or the exported ONNX file on ONNX Runtime's CPU provider (imported only then: no torch needed)."""
-    if settings.runtime == "onnxruntime":
-        from model.onnx_engine import OnnxEngine
-
-        return OnnxEngine(settings.onnx_model, threads=settings.torch_threads or settings.core_share())
-    from model.checkpoint import load_for_inference
-
-    return load_for_inference(settings.checkpoint, settings.pipeline_options())
+    onnx = settings.runtime == "onnxruntime"
+    return load_runtime_engine(
+        settings.runtime,
+        settings.onnx_model if onnx else settings.checkpoint,
+        settings.pipeline_options(),
+        threads=settings.torch_threads or settings.core_share() if onnx else None,
+    )
 
 
 async def load_service(settings: Settings, metrics: Metrics, loader: EngineLoader = load_engine) -> LandmarkService:

@@ -51,6 +51,28 @@ def test_public_domain_portrait_gets_one_plausible_face():
     assert right_eye[0] < nose_tip[0] < left_eye[0]  # the subject's right eye is on the image's left
     assert max(right_eye[1], left_eye[1]) < nose_tip[1] < mouth[1] < pts[8][1]  # eyes, nose, mouth, chin
     assert face["score"] > 0.3
+    pose = face["pose"]  # a near-frontal, upright portrait, turned a little to the image's right
+    assert pose is not None, face["pose_reason"]
+    assert face["pose_reason"] is None
+    assert abs(pose["yaw"]) < 25
+    assert abs(pose["pitch"]) < 25
+    assert abs(pose["roll"]) < 15
+    assert 0 < pose["confidence"] <= 1
+
+
+@pytest.mark.skipif(not SHIPPED_CHECKPOINT.is_file(), reason="no shipped checkpoint")
+def test_a_mirrored_portrait_turns_the_other_way():
+    """The pose's signs follow the picture: mirrored, yaw and roll change sign, pitch stays."""
+    image = np.asarray(Image.open(ASTRONAUT).convert("RGB"))
+    poses = []
+    with open_client(SHIPPED_CHECKPOINT) as client:
+        for pixels in (image, image[:, ::-1]):
+            response = client.post("/landmarks", files={"image": ("a.png", png_bytes(np.ascontiguousarray(pixels)))})
+            poses.append(response.json()["faces"][0]["pose"])
+    straight, mirrored = poses
+    assert mirrored["yaw"] == pytest.approx(-straight["yaw"], abs=4)
+    assert mirrored["roll"] == pytest.approx(-straight["roll"], abs=3)
+    assert mirrored["pitch"] == pytest.approx(straight["pitch"], abs=3)
 
 
 def group_photo() -> np.ndarray:

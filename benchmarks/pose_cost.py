@@ -1,0 +1,91 @@
+"""What head pose costs the CPU service: ``python -m benchmarks.pose_cost [--out FILE]``.
+
+The service with caller boxes (the same 64 AFLW2000-3D val bodies as ``benchmarks.service_bench``) with pose on
+(the shipped head model) and off (``LANDMARKS_HEAD_MODEL=none``), at 1 and 8 connections, in alternating rounds
+(on, off, on, off, ...) so that drift of a shared machine falls on both; load from wrk on the same machine.
+Reports each mode's mean req/s over the rounds, the ratio, and the pose step's own time per request
+(``timings_ms.pose`` from the answers).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import tempfile
+import urllib.request
+from pathlib import Path
+
+from benchmarks.common import machine, table
+from benchmarks.server import running_server
+from benchmarks.service_bench import BOUNDARY, drive, write_bodies
+from model.artifacts import SHIPPED_CHECKPOINT
+
+MODES = {"pose on": {}, "pose off": {"head_model": "none"}}
+
+
+def pose_ms(base: str, bodies: Path) -> float:
+    """Median ``timings_ms.pose`` over 20 answers."""
+    body = (bodies / "body1.bin").read_bytes()
+    times = []
+    for _ in range(20):
+        request = urllib.request.Request(
+            f"{base}/landmarks", data=body, headers={"Content-Type": f"multipart/form-data; boundary={BOUNDARY}"}
+        )
+        with urllib.request.urlopen(request, timeout=30) as response:
+            times.append(float(json.loads(response.read())["timings_ms"]["pose"]))
+    return statistics.median(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--checkpoint", type=Path, default=SHIPPED_CHECKPOINT)
+    parser.add_argument("--clients", default="1,8")
+    parser.add_argument("--seconds", type=int, default=8)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--out", type=Path)
+    parser.add_argument("--log-dir", type=Path, default=Path("runs/bench"))
+    args = parser.parse_args()
+    if shutil.which("wrk") is None:
+        raise SystemExit("wrk is needed for the load: apt-get install wrk")
+    args.log_dir.mkdir(parents=True, exist_ok=True)
+    levels = [int(c) for c in args.clients.split(",")]
+    rates: dict[tuple[str, int], list[float]] = {(m, c): [] for m in MODES for c in levels}
+    step_ms = float("nan")
+    with tempfile.TemporaryDirectory() as tmp:
+        bodies = Path(tmp)
+        count = write_bodies(bodies, 64)
+        for round_ in range(args.rounds):
+            for mode, settings in MODES.items():
+                log = args.log_dir / f"pose-{mode.split()[1]}.log"
+                with running_server(args.checkpoint, log, **settings) as (base, _):
+                    if mode == "pose on" and round_ == 0:
+                        step_ms = pose_ms(base, bodies)
+                    for clients in levels:
+                        result = drive(base, bodies, count, clients, args.seconds)
+                        if result["errors"]:
+                            raise SystemExit(f"{mode}, {clients} connections: {result['errors']:.0f} errors")
+                        rates[(mode, clients)].append(result["throughput"])
+                        print(round_, mode, clients, f"{result['throughput']:.1f} req/s", flush=True)
+    rows = []
+    for clients in levels:
+        on, off = (statistics.mean(rates[(m, clients)]) for m in MODES)
+        rows.append([clients, f"{on:.1f}", f"{off:.1f}", f"{on / off:.3f}", f"{100 * (1 - on / off):+.1f} %"])
+    lines = [
+        f"Machine: {machine()}",
+        f"Checkpoint: {args.checkpoint.name}; caller boxes; {args.rounds} alternating rounds of {args.seconds} s "
+        "per mode and level; load from wrk on the same machine",
+        "",
+        table(["connections", "req/s pose on", "req/s pose off", "on / off", "cost"], rows),
+        "",
+        f"The pose step itself (timings_ms.pose, median of 20 answers, one face): {step_ms:.2f} ms.",
+        "Rounds (req/s): " + "; ".join(f"{m} @{c}: " + ", ".join(f"{v:.1f}" for v in r) for (m, c), r in rates.items()),
+    ]
+    print("\n".join(lines))
+    if args.out:
+        args.out.write_text("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    main()

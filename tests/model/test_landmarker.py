@@ -1,0 +1,72 @@
+"""The library call: ``model.Landmarker`` gives the service's answer, takes every image form, runs the README."""
+
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import model
+from model.artifacts import SHIPPED_CHECKPOINT
+from model.landmarker import read_image
+from model.pipeline import PipelineOptions
+from tests.app.conftest import open_client, png_bytes
+
+ROOT = Path(__file__).resolve().parents[2]
+ASTRONAUT = ROOT / "tests" / "data" / "astronaut.jpg"
+needs_checkpoint = pytest.mark.skipif(not SHIPPED_CHECKPOINT.is_file(), reason="no shipped checkpoint")
+
+
+@needs_checkpoint
+def test_landmarker_equals_the_service_on_the_portrait():
+    landmarker = model.Landmarker.load(options=PipelineOptions(device="cpu", precision="fp32"))
+    result = landmarker(ASTRONAUT)
+    with open_client(SHIPPED_CHECKPOINT, precision="fp32") as client:
+        served = client.post("/landmarks", files={"image": ("a.jpg", ASTRONAUT.read_bytes())}).json()
+    assert len(result.faces) == len(served["faces"]) == 1
+    ours, theirs = result.faces[0], served["faces"][0]
+    np.testing.assert_allclose(ours.landmarks.points, theirs["landmarks"], atol=1e-3)
+    np.testing.assert_allclose(ours.landmarks.confidence, theirs["confidence"], atol=1e-4)
+    assert ours.pose is not None
+    assert ours.pose.pose is not None
+    assert ours.pose.pose.yaw == pytest.approx(theirs["pose"]["yaw"], abs=0.01)
+    boxed = landmarker(ASTRONAUT, boxes=[(150, 60, 330, 280)])
+    assert boxed.faces[0].source == "caller"
+
+
+@needs_checkpoint
+def test_the_readme_example_runs():
+    text = (ROOT / "README.md").read_text()
+    block = re.search(r"```python\n(import model\n.*?)```", text, re.S)
+    assert block is not None, "README has no `import model` example"
+    namespace: dict = {}
+    exec(compile(block.group(1), "README.md", "exec"), namespace)  # noqa: S102 - our own README
+    assert len(namespace["result"].faces) == 1
+
+
+def test_every_image_form_reads_to_the_same_pixels(tmp_path):
+    rgb = np.zeros((20, 30, 3), np.uint8)
+    rgb[:, :, 0] = 200  # red
+    path = tmp_path / "red.png"
+    path.write_bytes(png_bytes(rgb))
+    for form in (path, str(path), path.read_bytes(), Image.fromarray(rgb), rgb):
+        np.testing.assert_array_equal(read_image(form), rgb)
+    np.testing.assert_array_equal(read_image(rgb[:, :, ::-1], channels="bgr"), rgb)
+    assert read_image(rgb[:, :, 0]).shape == (20, 30, 3)  # grey
+    with pytest.raises(ValueError, match="uint8"):
+        read_image(rgb.astype(np.float32))
+    with pytest.raises(ValueError, match="cannot read"):
+        read_image(b"not an image")
+    with pytest.raises(ValueError, match="cannot read"):
+        read_image(tmp_path / "missing.png")
+
+
+def test_many_batches_photos_and_checks_its_boxes(tiny_checkpoint):
+    landmarker = model.Landmarker.load(tiny_checkpoint, options=PipelineOptions(device="cpu", precision="fp32"))
+    image = np.asarray(Image.open(ASTRONAUT).convert("RGB"))
+    box = [(150.0, 60.0, 330.0, 280.0)]
+    results = landmarker.many([image, image], boxes=[box, box])
+    np.testing.assert_allclose(results[0].faces[0].landmarks.points, results[1].faces[0].landmarks.points)
+    with pytest.raises(ValueError, match="box lists"):
+        landmarker.many([image], boxes=[box, box])
