@@ -37,6 +37,7 @@ class DatasetSpec(_Frozen):
     name: str | None = None  # in log keys (val_<name>_nme); defaults to the format
     weight: float = Field(1.0, gt=0)
     norm: Norm = "box"
+    source: str | None = None  # every sample's annotation source (label offsets); default: what its reader says
 
     @property
     def key(self) -> str:

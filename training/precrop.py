@@ -78,6 +78,9 @@ def precrop(
         write_set(samples, out / spec.key, split, face_px, context, quality, suffix)
         data = spec.model_dump(mode="json")
         data.update(format="pts_folder", root=str(out / spec.key), split=split, labels=None, name=spec.key)
+        sources = {x.source for x in samples}
+        if data.get("source") is None and len(sources) == 1:  # the crops' stems no longer say it (AFLW2000-3D)
+            data["source"] = sources.pop()
         return data
 
     data = cfg.model_dump(mode="json")

@@ -18,6 +18,7 @@ import random
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -195,7 +196,11 @@ def validate_all(
 
 def build_train_set(cfg: TrainConfig, model_config: ModelConfig) -> tuple[LandmarkDataset, list[int]]:
     """All training sets in one index space (one augmentation), and each one's size for the sampler."""
-    parts = [load_samples(s.format, s.root, s.split, s.labels, cfg.skip_bad) for s in cfg.train]
+    parts = [
+        [x if s.source is None else replace(x, source=s.source) for x in load_samples(s.format, s.root, s.split,
+                                                                                      s.labels, cfg.skip_bad)]
+        for s in cfg.train
+    ]  # fmt: skip
     samples = [x for part in parts for x in part]
     offsets = None
     if cfg.flip_offsets is not None:
