@@ -230,3 +230,22 @@ def test_every_committed_config_loads_and_chooses_on_val(path):
 
     config = load_config(path)
     assert config.val, "a config without val sets cannot choose its checkpoint honestly"
+
+
+def test_device_run_sizes_the_schedule_to_its_budget_and_leaves_a_shippable_run(tmp_path):
+    """The lent-GPU script (training.device_run), dry-run on the CPU: probe, plan, train, summary under --out."""
+    from training import device_run
+
+    config = write_config(tmp_path, augment_on_device=True)
+    out = tmp_path / "out"
+    args = device_run.get_args_parser().parse_args(
+        ["--config", str(config), "--budget-s", "25", "--out", str(out), "--device", "cpu"]
+    )
+    summary = device_run.main(args)
+    assert summary["epochs"] >= 1
+    assert summary["probe"]["samples_per_s"] > 0
+    assert {p.name for p in out.iterdir()} == {"best.pt", "last.pt", "log.jsonl", "config.yaml", "summary.json"}
+    assert len(read_log(out)) == summary["epochs"]
+    assert load_config(out / "config.yaml").epochs == summary["epochs"]  # the schedule was built for that many
+    assert device_run.plan_epochs(100, 10.0, 50, fixed_s=10, per_epoch_s=1) == 15
+    assert device_run.plan_epochs(1, 10.0, 50, fixed_s=10, per_epoch_s=1) == 1
