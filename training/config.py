@@ -91,6 +91,7 @@ class TrainConfig(_Frozen):
     stop_after: int | None = Field(None, ge=1)  # end after this many epochs, schedule unchanged (time-boxed runs)
     batch_size: int = Field(16, ge=1)
     coarse_weight: float = Field(0.5, ge=0)
+    coord_weight: float = Field(0.0, ge=0)  # L1 on the served decode of H_f (training.losses.decoded_l1); 0: off
     amp: Literal["auto", "off", "bf16", "fp16"] = "auto"
     channels_last: bool = True
     workers: int = Field(2, ge=0)

@@ -57,6 +57,7 @@ def train_one_epoch(
     grad_clip: float | None = None,
     max_steps: int | None = None,
     show_progress: bool = True,
+    coord_weight: float = 0.0,
 ) -> dict[str, float]:
     """Train for one pass over ``loader``; the scheduler steps per batch. Returns mean loss and timing."""
     model.train()
@@ -72,7 +73,8 @@ def train_one_epoch(
             x = x.contiguous(memory_format=torch.channels_last)
         target = batch["heatmaps"].to(device, non_blocking=True)
         with amp.context(device):
-            loss = two_stage_loss(model(x), target, coarse_weight)
+            points = batch["points"].to(device, non_blocking=True) if coord_weight else None
+            loss = two_stage_loss(model(x), target, coarse_weight, points, coord_weight)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"loss became {loss.item()} at epoch {epoch} step {step}")
         optimizer.zero_grad(set_to_none=True)
