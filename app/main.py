@@ -45,6 +45,7 @@ from app.service import EngineLoader, LandmarkService, ServiceFactory, load_engi
 from app.settings import Settings
 from model.artifacts import CheckpointError
 from model.detector import DetectorError, YuNetDetector
+from model.pose import HeadModel
 
 log = logging.getLogger("app")
 
@@ -221,6 +222,11 @@ def startup_problem(settings: Settings, runtime: bool = True) -> str | None:
         YuNetDetector.from_options(settings.pipeline_options().detector)
     except DetectorError as exc:
         return str(exc)
+    if settings.head_model is not None:
+        try:
+            HeadModel.load(settings.head_model)
+        except ValueError as exc:
+            return f"LANDMARKS_HEAD_MODEL: {exc} (set it to none to serve without head pose)"
     # The process that will serve the metrics port checks it: one server process, or the supervisor of several
     # workers (before it starts them; the workers it spawns have PROMETHEUS_MULTIPROC_DIR and share its port).
     if settings.metrics_port is not None and os.environ.get("PROMETHEUS_MULTIPROC_DIR") is None:

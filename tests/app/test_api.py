@@ -214,6 +214,22 @@ def test_openapi_documents_every_error(client):
     op = spec["paths"]["/landmarks"]["post"]
     assert {"200", "400", "413", "415", "422", "503", "504"} <= set(op["responses"])
     assert "multipart/form-data" in op["requestBody"]["content"]
+    face = spec["components"]["schemas"]["Face"]["properties"]
+    assert {"pose", "pose_reason"} <= set(face)
+    pose = spec["components"]["schemas"]["HeadPose"]["properties"]
+    assert set(pose) == {"yaw", "pitch", "roll", "confidence"}
+    assert "image's left" in pose["yaw"]["description"]
+
+
+def test_every_face_has_a_pose_or_a_reason(client, face_png):
+    """The tiny test network's points may or may not fit a head: either way the answer says which."""
+    body = client.post(
+        "/landmarks", files={"image": ("f.png", face_png[0], "image/png")}, data={"boxes": json.dumps([BOX])}
+    ).json()
+    [face] = body["faces"]
+    assert (face["pose"] is None) != (face["pose_reason"] is None)
+    if face["pose"] is not None:
+        assert set(face["pose"]) == {"yaw", "pitch", "roll", "confidence"}
 
 
 def test_unknown_route_is_json_404(client):
@@ -245,3 +261,14 @@ def test_network_stand_in_keeps_the_response_shape_for_front_end_benchmarks(tiny
     face = response.json()["faces"][0]
     assert len(face["landmarks"]) == 68
     assert len({tuple(p) for p in face["landmarks"]}) == 1  # every point at the stand-in's one peak
+
+
+def test_pose_can_be_switched_off_and_says_so(tiny_checkpoint, face_png):
+    with open_client(tiny_checkpoint, head_model="none") as off:
+        body = off.post(
+            "/landmarks", files={"image": ("f.png", face_png[0], "image/png")}, data={"boxes": json.dumps([BOX])}
+        ).json()
+    [face] = body["faces"]
+    assert face["pose"] is None
+    assert "off" in face["pose_reason"]
+    assert "pose" not in body["timings_ms"]

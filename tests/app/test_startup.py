@@ -67,3 +67,15 @@ def test_worker_processes_share_the_cores_between_their_thread_pools(tiny_checkp
     finally:
         torch.set_num_threads(before[0])
         cv2.setNumThreads(before[1])
+
+
+def test_a_bad_head_model_stops_the_start_with_one_line(tiny_checkpoint, tmp_path):
+    from app.main import startup_problem
+
+    bad = tmp_path / "head.npz"
+    bad.write_bytes(b"not numpy")
+    problem = startup_problem(make_settings(tiny_checkpoint, head_model=str(bad)))
+    assert problem is not None
+    assert problem.startswith("LANDMARKS_HEAD_MODEL: ")
+    assert "none" in problem
+    assert startup_problem(make_settings(tiny_checkpoint, head_model="none")) is None
