@@ -232,6 +232,7 @@ def test_every_committed_config_loads_and_chooses_on_val(path):
     assert config.val, "a config without val sets cannot choose its checkpoint honestly"
 
 
+@pytest.mark.slow
 def test_device_run_sizes_the_schedule_to_its_budget_and_leaves_a_shippable_run(tmp_path):
     """The lent-GPU script (training.device_run), dry-run on the CPU: probe, plan, train, summary under --out."""
     from training import device_run
