@@ -29,12 +29,13 @@ from app.errors import ServiceError
 from app.forms import parse_boxes, parse_max_faces
 from app.imaging import decode_image
 from app.responses import Prediction, render_png, to_response
-from app.service import build_detector, load_engine, load_head
 from app.settings import Settings
 from model.artifacts import CheckpointError
 from model.detector import DetectorError
+from model.geometry import Box
+from model.landmarker import Landmarker
 from model.landmarks import format_pts
-from model.pipeline import Engine, FaceBox, Image, Pipeline, caller_faces
+from model.pipeline import Image, box_problem
 
 PHOTO_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
 PHOTOS_PER_BATCH = 8  # photos decoded and run together; their faces share network batches
@@ -82,17 +83,26 @@ def unique(path: Path, taken: set[Path]) -> Path:
     return candidate
 
 
-class Annotator:
-    """The pipeline and its engine for a command-line run; :meth:`run` annotates photos in groups."""
+def build_landmarker(settings: Settings, max_faces: int) -> Landmarker:
+    """The library's :class:`model.Landmarker` with the service's ``LANDMARKS_*`` settings."""
+    onnx = settings.runtime == "onnxruntime"
+    return Landmarker.load(
+        settings.onnx_model if onnx else settings.checkpoint,
+        settings.runtime,
+        options=settings.pipeline_options(),
+        head_model=settings.head_model,
+        max_faces=max_faces,
+        threads=settings.torch_threads or settings.core_share() if onnx else None,
+    )
 
-    def __init__(self, settings: Settings, engine: Engine, faces: list[FaceBox] | None, max_faces: int) -> None:
+
+class Annotator:
+    """A :class:`model.Landmarker` for a command-line run; :meth:`run` annotates photos in groups."""
+
+    def __init__(self, settings: Settings, landmarker: Landmarker, boxes: list[Box] | None) -> None:
         self.settings = settings
-        self.engine = engine
-        self.pipeline = Pipeline(
-            settings.pipeline_options(), engine.config.input_size, build_detector(settings), load_head(settings)
-        )
-        self.faces = faces
-        self.max_faces = max_faces
+        self.landmarker = landmarker
+        self.boxes = boxes
 
     def decode(self, photo: Path) -> tuple[Image, float]:
         t0 = time.perf_counter()
@@ -106,16 +116,20 @@ class Annotator:
             decoded: list[tuple[Path, Image, float]] = []
             for photo in group:
                 try:
-                    decoded.append((photo, *self.decode(photo)))
+                    image, decode_ms = self.decode(photo)
                 except ServiceError as exc:
                     yield photo, f"{exc.code}: {exc.detail}"
+                    continue
                 except OSError as exc:
                     yield photo, f"unreadable: {exc.strerror or exc}"
-            results = self.pipeline.run_many(
-                [(image, self.faces) for _, image, _ in decoded],
-                self.engine.infer,
-                self.settings.max_batch_size,
-                self.max_faces,
+                    continue
+                problem = None if self.boxes is None else box_problem(self.boxes, image.shape[1], image.shape[0])
+                if problem:
+                    yield photo, f"invalid_boxes: {problem}"
+                    continue
+                decoded.append((photo, image, decode_ms))
+            results = self.landmarker.many(
+                [image for _, image, _ in decoded], None if self.boxes is None else [self.boxes] * len(decoded)
             )
             for (photo, image, decode_ms), result in zip(decoded, results, strict=True):
                 timings = {"decode": round(decode_ms, 3), **{k: round(v, 3) for k, v in result.timings_ms.items()}}
@@ -155,8 +169,8 @@ def main(argv: list[str] | None = None) -> int:
         settings = Settings(**overrides)
         max_faces = parse_max_faces(args.max_faces, settings.max_faces)
         boxes = parse_boxes(args.boxes, max_faces)
-        engine = load_engine(settings)
-        annotator = Annotator(settings, engine, None if boxes is None else caller_faces(boxes), max_faces)
+        landmarker = build_landmarker(settings, max_faces)
+        annotator = Annotator(settings, landmarker, boxes)
     except ServiceError as exc:
         print(f"error: {exc.code}: {exc.detail}", file=sys.stderr)
         return 2
@@ -180,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
                     tqdm.write(f"skipped {photo}: {outcome}", file=sys.stderr)
                     continue
                 faces += len(outcome.faces)
-                body = to_response(outcome, engine).model_dump(mode="json")
+                body = to_response(outcome, landmarker.engine).model_dump(mode="json")
                 out.write(json.dumps({"path": str(photo), **body}) + "\n")
                 if args.pts:
                     try:

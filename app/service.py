@@ -14,8 +14,6 @@ from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Protocol, TypeVar
 
-import numpy as np
-
 from app.batcher import Batcher, BatchInfo, inference_thread
 from app.errors import ServiceError
 from app.imaging import PixelBudget, decode_image
@@ -27,7 +25,7 @@ from app.settings import Settings
 from model.detector import YuNetDetector
 from model.geometry import Box
 from model.landmarker import load_engine as load_runtime_engine
-from model.pipeline import Crop, Detector, Engine, EngineInfo, Landmarks, Pipeline, caller_faces
+from model.pipeline import Crop, Detector, Engine, EngineInfo, Landmarks, Pipeline, box_problem, caller_faces
 from model.pose import HeadModel
 
 log = logging.getLogger("app")
@@ -207,19 +205,8 @@ def build_detector(settings: Settings) -> YuNetDetector:
     return YuNetDetector.from_options(settings.pipeline_options().detector)
 
 
-MAX_BOX_FACTOR = 4  # a face box may overhang the photo (a tight close-up), not dwarf it
-
-
 def check_boxes(boxes: list[Box], width: int, height: int) -> None:
-    """Caller boxes must be finite, non-degenerate and overlap the image (else 400)."""
-    for i, (x1, y1, x2, y2) in enumerate(boxes):
-        if not all(np.isfinite(v) for v in (x1, y1, x2, y2)):
-            raise ServiceError(400, "invalid_boxes", f"box {i} has a non-finite coordinate")
-        if x2 - x1 < 1 or y2 - y1 < 1:
-            raise ServiceError(400, "invalid_boxes", f"box {i} must have x2 > x1 and y2 > y1 (at least 1 px)")
-        if x2 < 0 or y2 < 0 or x1 > width - 1 or y1 > height - 1:
-            raise ServiceError(400, "invalid_boxes", f"box {i} lies outside the {width}x{height} image")
-        if max(x2 - x1, y2 - y1) > MAX_BOX_FACTOR * max(width, height):
-            raise ServiceError(
-                400, "invalid_boxes", f"box {i} is more than {MAX_BOX_FACTOR}x the size of the {width}x{height} image"
-            )
+    """Caller boxes must be finite, non-degenerate and overlap the image (else 400 ``invalid_boxes``)."""
+    problem = box_problem(boxes, width, height)
+    if problem:
+        raise ServiceError(400, "invalid_boxes", problem)

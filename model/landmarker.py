@@ -26,7 +26,7 @@ from PIL import Image, ImageOps
 from model.artifacts import SHIPPED_CHECKPOINT, SHIPPED_ONNX
 from model.detector import YuNetDetector
 from model.geometry import Box
-from model.pipeline import Engine, FaceBox, PhotoResult, Pipeline, PipelineOptions, caller_faces
+from model.pipeline import Engine, FaceBox, PhotoResult, Pipeline, PipelineOptions, box_problem, caller_faces
 from model.pose import DEFAULT_HEAD_MODEL, HeadModel
 
 Runtime = Literal["auto", "torch", "onnxruntime"]
@@ -92,14 +92,16 @@ class Landmarker:
         options: PipelineOptions | None = None,
         head_model: str | Path | None = DEFAULT_HEAD_MODEL,
         max_faces: int = 10,
+        threads: int | None = None,
     ) -> Landmarker:
         """The shipped checkpoint (or ``weights``: a checkpoint, or an ONNX file with ``runtime="onnxruntime"``)
         on ``device`` (default: CUDA when available), YuNet with the options' detector settings, and the 3D head
-        for pose (``head_model=None``: no pose). ``options`` default to the service's defaults."""
+        for pose (``head_model=None``: no pose). ``options`` default to the service's defaults; ``threads`` sets
+        ONNX Runtime's (torch keeps its own)."""
         options = options or PipelineOptions()
         if device is not None:
             options = PipelineOptions(**{**vars(options), "device": device})
-        engine = load_engine(runtime, None if weights is None else Path(weights), options)
+        engine = load_engine(runtime, None if weights is None else Path(weights), options, threads)
         head = None if head_model is None else HeadModel.load(Path(head_model))
         detector = YuNetDetector.from_options(options.detector)
         return cls(engine, Pipeline(options, engine.config.input_size, detector, head), max_faces)
@@ -120,10 +122,14 @@ class Landmarker:
         """Several photos, their faces batched through the network together (``options.max_batch_size``)."""
         if boxes is not None and len(boxes) != len(images):
             raise ValueError(f"{len(boxes)} box lists for {len(images)} images")
-        faces: list[list[FaceBox] | None] = [
-            None if b is None else caller_faces(b) for b in (boxes if boxes is not None else [None] * len(images))
-        ]
-        photos = [(read_image(image, channels), f) for image, f in zip(images, faces, strict=True)]
+        photos: list[tuple[NDArray[np.uint8], list[FaceBox] | None]] = []
+        for image, given in zip(images, boxes if boxes is not None else [None] * len(images), strict=True):
+            pixels = read_image(image, channels)
+            if given is not None:
+                problem = box_problem(given, pixels.shape[1], pixels.shape[0])
+                if problem:
+                    raise ValueError(problem)
+            photos.append((pixels, None if given is None else caller_faces(given)))
         return self.pipeline.run_many(photos, self.engine.infer, self.pipeline.options.max_batch_size, self.max_faces)
 
     def describe(self) -> dict[str, Any]:

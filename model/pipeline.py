@@ -187,6 +187,24 @@ class EngineCard:
                    engine.version)  # fmt: skip
 
 
+MAX_BOX_FACTOR = 4  # a face box may overhang the photo (a tight close-up), not dwarf it
+
+
+def box_problem(boxes: Sequence[Box], width: int, height: int) -> str | None:
+    """What is wrong with a caller's boxes for a ``width`` x ``height`` photo (not finite, degenerate, outside the
+    photo, or far larger than it), or ``None``: the service answers 400 with it, the CLI skips the photo."""
+    for i, (x1, y1, x2, y2) in enumerate(boxes):
+        if not all(math.isfinite(v) for v in (x1, y1, x2, y2)):
+            return f"box {i} has a non-finite coordinate"
+        if x2 - x1 < 1 or y2 - y1 < 1:
+            return f"box {i} must have x2 > x1 and y2 > y1 (at least 1 px)"
+        if x2 < 0 or y2 < 0 or x1 > width - 1 or y1 > height - 1:
+            return f"box {i} lies outside the {width}x{height} image"
+        if max(x2 - x1, y2 - y1) > MAX_BOX_FACTOR * max(width, height):
+            return f"box {i} is more than {MAX_BOX_FACTOR}x the size of the {width}x{height} image"
+    return None
+
+
 def caller_faces(boxes: Sequence[Box]) -> list[FaceBox]:
     """The caller's boxes, one face each, in order (no second pass: a given box is taken as given)."""
     return [FaceBox((float(b[0]), float(b[1]), float(b[2]), float(b[3])), "caller") for b in boxes]

@@ -99,3 +99,18 @@ def test_cli_reports_bad_input_without_a_traceback(tmp_path, tiny_checkpoint, ca
     assert main([str(path), "--checkpoint", str(tmp_path / "nope.pt")]) == 3
     assert main([str(path), "--boxes", "[[1, 2]]", "--checkpoint", str(tiny_checkpoint)]) == 2
     assert "invalid_boxes" in capsys.readouterr().err
+
+
+def test_cli_checks_caller_boxes_against_each_photo(tmp_path, tiny_checkpoint, capsys):
+    small, large = tmp_path / "small.png", tmp_path / "large.png"
+    small.write_bytes(png_bytes(draw_face(100, seed=1)[0]))
+    large.write_bytes(png_bytes(draw_face(400, seed=2)[0]))
+    out = tmp_path / "out.jsonl"
+    box = "[[150, 150, 300, 300]]"  # inside the large photo, outside the small one
+    code = main([str(small), str(large), "--jsonl", str(out), "--boxes", box, "--checkpoint", str(tiny_checkpoint)])
+    assert code == 1
+    first, second = lines(out)
+    assert first["error"] == "invalid_boxes"
+    assert "outside the 100x100 image" in first["detail"]
+    assert len(second["faces"]) == 1
+    assert "1 skipped" in capsys.readouterr().err
