@@ -26,7 +26,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, cast
@@ -316,15 +316,36 @@ def deploy(schema: ServeDeploySchema, timeout_s: float) -> None:
         time.sleep(0.5)
 
 
+def auth_problem(env: Mapping[str, str], address: str | None, insecure: bool) -> str | None:
+    """Why this process must not join the cluster: token authentication off for a running cluster, without
+    ``--insecure-no-auth`` (a Ray cluster without it runs any code anyone who reaches its ports sends)."""
+    if address is None or insecure or env.get("RAY_AUTH_MODE") == "token":
+        return None
+    return (
+        "Ray token authentication is off: set RAY_AUTH_MODE=token and RAY_AUTH_TOKEN_PATH (or RAY_AUTH_TOKEN) on "
+        "every node and here (README: Scaling out), or pass --insecure-no-auth"
+    )
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="deploy the landmark service on a Ray Serve cluster")
     parser.add_argument("--address", help="a running cluster's GCS address (HEAD:6379); default: start a local one")
     parser.add_argument("--node-ip", help="this machine's address in the cluster (default: Ray's guess)")
     parser.add_argument("--config", type=Path, default=CONFIG, help="Ray Serve config file (default %(default)s)")
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds to wait until the app is running")
+    parser.add_argument(
+        "--insecure-no-auth",
+        action="store_true",
+        help="connect to a cluster without Ray's token authentication (anyone who reaches its ports runs code)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     schema = read_config(args.config)
+    problem = auth_problem(os.environ, args.address, args.insecure_no_auth)
+    if problem:
+        sys.exit(problem)
+    if args.address is None:
+        os.environ.setdefault("RAY_AUTH_MODE", "token")  # a local cluster makes its own token (~/.ray/auth_token)
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # a local cluster would otherwise report usage outside
     ray.init(address=args.address, _node_ip_address=args.node_ip, namespace="serve", logging_level=logging.WARNING)
     deploy(schema, args.timeout)

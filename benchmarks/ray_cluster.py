@@ -2,8 +2,8 @@
 
 Ray rewrites ``127.0.0.1``/``localhost`` to the host's network address, so the nodes take other loopback
 addresses, which it keeps: the head on ``127.0.0.2``, the worker node on ``127.0.0.3``. Usage reporting is off
-(``RAY_USAGE_STATS_ENABLED=0``). :meth:`LocalCluster.stop` runs ``ray stop --force`` (every Ray process of this
-machine's user): call it at the end of every run.
+(``RAY_USAGE_STATS_ENABLED=0``) and token authentication on (:func:`ray_env`). :meth:`LocalCluster.stop` runs
+``ray stop --force`` (every Ray process of this machine's user): call it at the end of every run.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -29,11 +30,23 @@ HEAD_IP = "127.0.0.2"
 WORKER_IP = "127.0.0.3"
 
 
+TOKEN_FILE = "ray_auth_token"  # in the cluster's work folder, mode 0600
+
+
 def ray_env(home: Path) -> dict[str, str]:
     """The environment of every Ray process the cluster starts: usage reporting off, this project importable,
-    and ``home`` as HOME, so that nothing of the user's ``~/.ray`` (an auth token a local ``ray.init`` left
-    there turns token authentication on for one node and not the other) reaches the test cluster."""
-    return {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "PYTHONPATH": str(ROOT), "HOME": str(home)}
+    ``home`` as HOME (nothing of the user's ``~/.ray`` reaches the test cluster), and **token authentication on**
+    (``RAY_AUTH_MODE=token``, the token in ``home/ray_auth_token``): a client without it is refused."""
+    return {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "PYTHONPATH": str(ROOT), "HOME": str(home),
+            "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(home / TOKEN_FILE)}  # fmt: skip
+
+
+def write_token(home: Path) -> Path:
+    """A fresh random token for one cluster, readable by this user only."""
+    path = home / TOKEN_FILE
+    path.touch(mode=0o600)
+    path.write_text(secrets.token_hex(32))
+    return path
 
 
 def loopback_config(
@@ -76,6 +89,7 @@ class LocalCluster:
         self.address = f"{HEAD_IP}:{self.gcs_port}"
         self.url = ""
         self.metrics_ports = {HEAD_IP: free_port(HEAD_IP), WORKER_IP: free_port(WORKER_IP)}
+        write_token(workdir)
 
     def _ray(self, *args: str, timeout: float = 120) -> None:
         ray = str(Path(sys.executable).with_name("ray"))

@@ -7,6 +7,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import re
+import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -19,7 +20,15 @@ from fastapi.testclient import TestClient
 
 from app.main import create_app
 from app.settings import Settings
-from benchmarks.ray_cluster import HEAD_IP, WORKER_IP, LocalCluster, fault_drill, free_port, loopback_config
+from benchmarks.ray_cluster import (
+    HEAD_IP,
+    WORKER_IP,
+    LocalCluster,
+    fault_drill,
+    free_port,
+    loopback_config,
+    ray_env,
+)
 from tests.app.conftest import png_bytes, wait_ready
 from tests.conftest import draw_face
 
@@ -66,6 +75,20 @@ def _uploads() -> list[tuple[str, dict[str, tuple[str, bytes, str]], dict[str, s
         ("drawn face, two boxes", {"image": ("d.png", png_bytes(drawn), "image/png")},
          {"boxes": "[[40, 40, 216, 216], [60, 50, 200, 220]]"}),
     ]  # fmt: skip
+
+
+def test_a_client_without_the_token_is_refused(cluster: LocalCluster) -> None:
+    """Token authentication is on: the token opens the cluster, a wrong or missing one does not."""
+    ray = str(Path(sys.executable).with_name("ray"))
+    status = [ray, "status", "--address", cluster.address]
+    env = ray_env(cluster.workdir)
+    assert subprocess.run(status, env=env, capture_output=True, timeout=60).returncode == 0
+    wrong = {**env, "RAY_AUTH_TOKEN": "not-the-token"}
+    without = {k: v for k, v in env.items() if k not in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN_PATH")}
+    for other in (wrong, without):
+        refused = subprocess.run(status, env=other, capture_output=True, text=True, timeout=60)
+        assert refused.returncode != 0
+        assert "Authentication token is missing or incorrect" in refused.stdout + refused.stderr
 
 
 def test_landmarks_equal_the_single_process_service(cluster: LocalCluster, single: TestClient) -> None:

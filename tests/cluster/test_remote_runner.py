@@ -143,3 +143,15 @@ def test_a_bad_config_file_stops_the_launcher_with_one_message(tmp_path: Path) -
             read_config(bad)
     with pytest.raises(SystemExit, match="No such file"):
         read_config(tmp_path / "missing.yaml")
+
+
+def test_joining_a_cluster_without_token_authentication_needs_saying_so() -> None:
+    from app.cluster import auth_problem
+
+    problem = auth_problem({}, "10.0.0.1:6379", insecure=False)
+    assert problem is not None
+    assert "RAY_AUTH_MODE=token" in problem
+    assert "--insecure-no-auth" in problem
+    assert auth_problem({"RAY_AUTH_MODE": "token"}, "10.0.0.1:6379", insecure=False) is None
+    assert auth_problem({}, "10.0.0.1:6379", insecure=True) is None
+    assert auth_problem({}, None, insecure=False) is None  # a local cluster: app.cluster turns it on itself
