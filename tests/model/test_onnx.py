@@ -20,7 +20,7 @@ from model.checkpoint import load_for_inference  # noqa: E402
 from model.onnx_engine import OnnxEngine  # noqa: E402
 from model.pipeline import Pipeline, PipelineOptions, caller_faces  # noqa: E402
 from tests.conftest import SHARED_300W  # noqa: E402
-from training.export import check_crops, export, max_difference  # noqa: E402
+from training.export import MAX_POINT_PX, check_crops, export, max_difference  # noqa: E402
 
 PORTRAIT = ROOT / "tests" / "data" / "astronaut.jpg"
 NO_TORCH = "import sys; sys.modules['torch'] = None  # any import of torch now fails\n"
@@ -44,7 +44,8 @@ def test_onnx_runtime_equals_pytorch_on_real_faces(torch_engine, onnx_path):
     assert engine.config == torch_engine.config
     data = SHARED_300W if (SHARED_300W / "val.txt").is_file() else None
     diff = max_difference(torch_engine, engine, check_crops(engine.config.input_size, data, count=48))
-    assert diff["points_px"] < 0.01
+    assert diff["points_px_p999"] < 0.01
+    assert diff["points_px"] < MAX_POINT_PX  # an arg-max near-tie may move one point a little (max_difference)
     assert diff["confidence"] < 1e-4
     # The whole path on the bundled portrait: YuNet, both passes, batches of several sizes.
     from app.imaging import decode_image
