@@ -23,6 +23,7 @@ the fit explains them badly; ``confidence`` falls as the fit's residual grows.
 from __future__ import annotations
 
 import math
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -112,7 +113,7 @@ class HeadModel:
             if "correction_weights" in arrays:
                 correction = Correction(*(arrays[f"correction_{k}"] for k in ("mean", "scale", "weights", "bias")))
             return cls(arrays["mean"], arrays["modes"], arrays["weights"], correction)
-        except (OSError, KeyError, ValueError) as exc:
+        except (OSError, KeyError, ValueError, zipfile.BadZipFile) as exc:
             raise ValueError(f"{path}: not a head model ({exc})") from exc
 
     def save(self, path: Path) -> None:
@@ -178,7 +179,18 @@ def estimate_pose(
     head: HeadModel,
     options: PoseOptions = PoseOptions(),
 ) -> PoseFit:
-    """Fit ``head`` to one face's image points ``(68, 2)`` (confidences ``(68,)`` weight them, ``None``: all 1)."""
+    """Fit ``head`` to one face's image points ``(68, 2)`` (confidences ``(68,)`` weight them, ``None``: all 1).
+    Never raises on bad points: what cannot be fitted is a :class:`PoseFit` without a pose, with the reason."""
+    try:
+        with np.errstate(all="ignore"):
+            return _fit(points, confidence, head, options)
+    except (np.linalg.LinAlgError, ValueError, FloatingPointError) as exc:
+        return PoseFit(None, f"the fit failed ({exc})")
+
+
+def _fit(
+    points: NDArray[np.floating], confidence: NDArray[np.floating] | None, head: HeadModel, options: PoseOptions
+) -> PoseFit:
     pts = np.asarray(points, dtype=np.float64)
     conf = np.ones(len(pts)) if confidence is None else np.asarray(confidence, dtype=np.float64)
     if pts.shape != (NUM_LANDMARKS, 2) or conf.shape != (NUM_LANDMARKS,):

@@ -99,6 +99,14 @@ def test_degenerate_points_get_no_pose_and_a_reason(head, points, reason):
     assert reason in (fit.reason or "")
 
 
+def test_absurd_coordinates_give_a_reason_not_an_exception(head):
+    points = np.full((68, 2), 1e300)
+    points[::2] *= -1
+    fit = estimate_pose(points, None, head)
+    assert fit.pose is None
+    assert fit.reason
+
+
 def test_random_points_are_a_poor_fit(head):
     rng = np.random.default_rng(0)
     fit = estimate_pose(rng.uniform(0, 200, (68, 2)), None, head)
@@ -113,8 +121,10 @@ def test_head_model_round_trip(head, tmp_path):
     assert np.allclose(again.mean, head.mean, atol=1e-6)
     assert (again.correction is None) == (head.correction is None)
     (tmp_path / "bad.npz").write_bytes(b"not a model")
-    with pytest.raises(ValueError, match="not a head model"):
-        HeadModel.load(tmp_path / "bad.npz")
+    (tmp_path / "cut.npz").write_bytes(path.read_bytes()[:200])  # a zip cut short
+    for bad in ("bad.npz", "cut.npz", "missing.npz"):
+        with pytest.raises(ValueError, match="not a head model"):
+            HeadModel.load(tmp_path / bad)
 
 
 def test_options_bound_the_refusals(head):
