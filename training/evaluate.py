@@ -35,7 +35,17 @@ from model.pose import DEFAULT_HEAD_MODEL, HeadModel, PoseFit
 from model.render import draw_landmarks
 from training.datasets import W300_SUBSETS, DataError, Sample, load_image, load_samples
 from training.label_offsets import offset_table
-from training.metrics import NORMALISERS, ced, nme, point_errors, spearman, summarise, yaw_table
+from training.metrics import (
+    NORMALISERS,
+    angle_errors,
+    ced,
+    hopenet_keeps,
+    nme,
+    point_errors,
+    spearman,
+    summarise,
+    yaw_table,
+)
 
 log = logging.getLogger("training.evaluate")
 
@@ -112,7 +122,7 @@ def pose_report(ev: Evaluation) -> dict[str, Any] | None:
     beyond ±99° left out): yaw, pitch, roll, their mean, by yaw bin; faces refused; Spearman(confidence, error)."""
     if not ev.poses or any(s.pose is None for s in ev.samples):
         return None
-    keep = [i for i, s in enumerate(ev.samples) if max(abs(a) for a in s.pose or ()) <= 99]
+    keep = [i for i, s in enumerate(ev.samples) if hopenet_keeps(s.pose)]
     fits = [(i, ev.poses[i]) for i in keep]
     done = [(i, f.pose) for i, f in fits if f is not None and f.pose is not None]
     out: dict[str, Any] = {
@@ -124,7 +134,7 @@ def pose_report(ev: Evaluation) -> dict[str, Any] | None:
         return out
     truth = np.array([ev.samples[i].pose for i, _ in done])
     got = np.array([[p.yaw, p.pitch, p.roll] for _, p in done])
-    errors = np.abs((got - truth + 180) % 360 - 180)
+    errors = angle_errors(got, truth)
     mae = errors.mean(axis=0)
     out["mae"] = {"yaw": float(mae[0]), "pitch": float(mae[1]), "roll": float(mae[2]), "mean": float(mae.mean())}
     out["yaw_bins"] = yaw_table(errors.mean(axis=1), np.abs(truth[:, 0]), unit=1.0)

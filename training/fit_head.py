@@ -41,6 +41,7 @@ from model.pose import (
     rotation,
 )
 from training.datasets import DataError, Sample, read_aflw2000
+from training.metrics import angle_errors, hopenet_keeps, wrap_degrees
 
 log = logging.getLogger("training.fit_head")
 
@@ -98,11 +99,6 @@ def build(samples: list[Sample], modes: int = 10) -> HeadModel:
     return HeadModel(mean, basis, weights)
 
 
-def angle_errors(got: Array, truth: Array) -> Array:
-    """Absolute differences of angles in degrees, wrapped to [0, 180]."""
-    return np.abs((np.asarray(got) - np.asarray(truth) + 180) % 360 - 180)
-
-
 def pose_errors(
     samples: list[Sample],
     head: HeadModel,
@@ -130,13 +126,13 @@ def fit_correction(
     features, residuals = [], []
     for s, p, c in zip(samples, points, confidence, strict=True):
         fit = estimate_pose(p, c, geometric, options)
-        if fit.pose is None or s.pose is None or max(abs(a) for a in s.pose) > 99:
+        if fit.pose is None or s.pose is None or not hopenet_keeps(s.pose):
             continue
         assert fit.rotation is not None
         assert fit.translation is not None
         features.append(correction_features(p, fit.rotation, fit.scale, fit.translation))
         got = np.array([fit.pose.yaw, fit.pose.pitch, fit.pose.roll])
-        residuals.append((np.array(s.pose) - got + 180) % 360 - 180)
+        residuals.append(wrap_degrees(np.array(s.pose) - got))
     x, y = np.stack(features), np.stack(residuals)
     mean, scale = x.mean(axis=0), x.std(axis=0) + 1e-6
     z = (x - mean) / scale
@@ -145,20 +141,21 @@ def fit_correction(
     return Correction(mean, scale, weights, bias)
 
 
-def predict(checkpoint: Path, samples: list[Sample]) -> tuple[Array, Array]:
-    """The network's points and confidences for ``samples`` with ground-truth boxes, as evaluation runs it."""
+def predict(checkpoint: Path, *splits: list[Sample]) -> list[tuple[Array, Array]]:
+    """The network's points and confidences for each list of samples with ground-truth boxes, as evaluation runs
+    it (the checkpoint loaded once)."""
     from model.checkpoint import load_for_inference
     from model.pipeline import PipelineOptions
     from training.evaluate import run
 
     options = PipelineOptions(device="auto", precision="fp32", max_batch_size=32, cuda_graphs=False)
-    ev = run(load_for_inference(checkpoint, options), samples, "gt", options)
-    return ev.points, ev.confidence
+    engine = load_for_inference(checkpoint, options)
+    return [(ev.points, ev.confidence) for ev in (run(engine, samples, "gt", options) for samples in splits)]
 
 
 def hopenet_mask(samples: list[Sample]) -> Array:
-    """Faces the HopeNet protocol keeps: every angle within ±99 degrees."""
-    return np.array([s.pose is not None and max(abs(a) for a in s.pose) <= 99 for s in samples])
+    """Faces the HopeNet protocol keeps (:func:`training.metrics.hopenet_keeps`)."""
+    return np.array([hopenet_keeps(s.pose) for s in samples])
 
 
 RIDGES = (1.0, 10.0, 100.0, 1000.0)  # the correction's ridge weights tried; val chooses (or no correction)
@@ -186,8 +183,7 @@ def main(args: argparse.Namespace) -> HeadModel:
     geometric = build(train, args.modes)
     options = PoseOptions()
     keep = hopenet_mask(val)
-    train_points, train_conf = predict(args.checkpoint, train)
-    val_points, val_conf = predict(args.checkpoint, val)
+    (train_points, train_conf), (val_points, val_conf) = predict(args.checkpoint, train, val)
     table = {"labels, geometric fit": summary(pose_errors(val, geometric, options)[keep])}
     table["predicted, geometric fit"] = summary(pose_errors(val, geometric, options, val_points, val_conf)[keep])
     with_modes = PoseOptions(shape_modes=args.modes, iterations=6)  # the alternative the default was chosen over

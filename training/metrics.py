@@ -98,6 +98,24 @@ def yaw_table(errors: Array, yaw_deg: Array, unit: float = 100.0) -> dict[str, f
     return table
 
 
+HOPENET_MAX_DEG = 99.0  # HopeNet's AFLW2000-3D protocol leaves out faces with an angle beyond this
+
+
+def wrap_degrees(angles: Array) -> Array:
+    """Angle differences in degrees, wrapped to [-180, 180)."""
+    return np.asarray((np.asarray(angles, dtype=np.float64) + 180) % 360 - 180, dtype=np.float64)
+
+
+def angle_errors(got: Array, truth: Array) -> Array:
+    """Absolute differences of angles in degrees, wrapped to [0, 180]."""
+    return np.abs(wrap_degrees(np.asarray(got) - np.asarray(truth)))
+
+
+def hopenet_keeps(pose: Sequence[float] | None) -> bool:
+    """Whether HopeNet's protocol keeps a face of this ground-truth pose: every angle within ±99 degrees."""
+    return pose is not None and max(abs(a) for a in pose) <= HOPENET_MAX_DEG
+
+
 def spearman(a: Array, b: Array) -> float:
     """Spearman rank correlation (average ranks for ties)."""
     from scipy.stats import spearmanr

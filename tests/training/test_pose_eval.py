@@ -5,7 +5,8 @@ import pytest
 
 from model.pose import DEFAULT_HEAD_MODEL, HeadModel, PoseOptions, estimate_pose
 from training.datasets import read_aflw2000
-from training.fit_head import angle_errors, build, hopenet_mask
+from training.fit_head import build, hopenet_mask
+from training.metrics import angle_errors
 
 
 def test_real_val_faces_within_a_few_degrees(aflw_dir):
