@@ -85,14 +85,13 @@ def unique(path: Path, taken: set[Path]) -> Path:
 
 def build_landmarker(settings: Settings, max_faces: int) -> Landmarker:
     """The library's :class:`model.Landmarker` with the service's ``LANDMARKS_*`` settings."""
-    onnx = settings.runtime == "onnxruntime"
     return Landmarker.load(
-        settings.onnx_model if onnx else settings.checkpoint,
+        settings.model_file(),
         settings.runtime,
         options=settings.pipeline_options(),
         head_model=settings.head_model,
         max_faces=max_faces,
-        threads=settings.torch_threads or settings.core_share() if onnx else None,
+        threads=settings.onnx_threads(),
     )
 
 

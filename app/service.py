@@ -178,12 +178,8 @@ ServiceFactory = Callable[[Settings, Metrics], Awaitable[LandmarkService]]
 def load_engine(settings: Settings) -> Engine:
     """The served model on its runtime: the checkpoint on torch (the settings' device, precision, batch size and
     graphs), or the exported ONNX file on ONNX Runtime's CPU provider (imported only then: no torch needed)."""
-    onnx = settings.runtime == "onnxruntime"
     return load_runtime_engine(
-        settings.runtime,
-        settings.onnx_model if onnx else settings.checkpoint,
-        settings.pipeline_options(),
-        threads=settings.torch_threads or settings.core_share() if onnx else None,
+        settings.runtime, settings.model_file(), settings.pipeline_options(), settings.onnx_threads()
     )
 
 

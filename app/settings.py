@@ -135,6 +135,14 @@ class Settings(BaseSettings):
     def cors_origin_list(self) -> list[str]:
         return [o.strip() for o in (self.cors_origins or "").split(",") if o.strip()]
 
+    def model_file(self) -> Path:
+        """The weights the runtime serves: the ONNX file on ONNX Runtime, else the checkpoint."""
+        return self.onnx_model if self.runtime == "onnxruntime" else self.checkpoint
+
+    def onnx_threads(self) -> int | None:
+        """ONNX Runtime's threads (``None`` on torch, which sets its own)."""
+        return self.torch_threads or self.core_share() if self.runtime == "onnxruntime" else None
+
     def pipeline_options(self) -> PipelineOptions:
         """The settings that decide how a photo becomes landmarks, as the pipeline's one options object."""
         return PipelineOptions(

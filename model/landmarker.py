@@ -16,8 +16,9 @@ from __future__ import annotations
 import importlib.util
 import io
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import numpy as np
 from numpy.typing import NDArray
@@ -100,7 +101,7 @@ class Landmarker:
         ONNX Runtime's (torch keeps its own)."""
         options = options or PipelineOptions()
         if device is not None:
-            options = PipelineOptions(**{**vars(options), "device": device})
+            options = replace(options, device=device)
         engine = load_engine(runtime, None if weights is None else Path(weights), options, threads)
         head = None if head_model is None else HeadModel.load(Path(head_model))
         detector = YuNetDetector.from_options(options.detector)
@@ -131,8 +132,3 @@ class Landmarker:
                     raise ValueError(problem)
             photos.append((pixels, None if given is None else caller_faces(given)))
         return self.pipeline.run_many(photos, self.engine.infer, self.pipeline.options.max_batch_size, self.max_faces)
-
-    def describe(self) -> dict[str, Any]:
-        """What is loaded: model name and version, device, precision."""
-        return {"name": self.engine.name, "version": self.engine.version, "device": str(self.engine.device),
-                "precision": self.engine.precision}  # fmt: skip

@@ -130,7 +130,8 @@ class HeadModel:
 class PoseOptions:
     """How a pose is fitted and when it is refused."""
 
-    shape_modes: int = 0  # how many of the head model's modes the fit may use (val: 10 modes 3.29°, none 3.30°)
+    shape_modes: int = 0  # how many of the head model's modes the fit may use (none: they did not pay on val,
+    # model/weights/head_model.json)
     iterations: int = 1  # rotation / shape alternations (one is exact without modes)
     point_noise: float = 0.05  # expected landmark error, in units of the head's RMS radius: the ridge on the modes
     min_confidence: float = 0.3  # a point at or above this counts as confident

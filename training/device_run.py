@@ -10,14 +10,15 @@ chosen, the wall time and the best val NMEs.
 Here, before the call: the training data pre-cropped into the git-ignored ``cache/`` (it travels with ``carry``,
 32 MB for both train and val splits) and the wheels the device lacks (pydantic and tqdm) in ``.whl``::
 
-    python -m training.precrop --config training/configs/finetune_flip_offsets.yaml --out cache/device
+    python -m training.precrop --config training/configs/finetune_noflip_l1.yaml --out cache/device
     python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \\
         --platform manylinux_2_17_x86_64 -d .whl pydantic==2.* pydantic-core annotated-types typing-inspection tqdm
 
 The device command (``carry: [cache/device, .whl]``)::
 
     python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site \\
-    && PYTHONUNBUFFERED=1 python3 -m training.device_run --config cache/device/config.yaml --budget-s 480 --out $OUT
+    && PYTHONUNBUFFERED=1 python3 -m training.device_run --config cache/device/config.yaml --budget-s 480 --out $OUT \
+       --set init_checkpoint=model/weights/dsc_landmarks_cpu.pt   # runs/ stays here; the shipped weights travel
 
 The checkpoint it brings back ships only if it wins on val (``python -m training.ship --run <folder>``). A test
 dry-runs this on the CPU with a tiny model and a budget of seconds.
