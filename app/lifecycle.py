@@ -27,6 +27,7 @@ class Lifecycle:
         self.last_finished = time.monotonic()
         self._idle = asyncio.Event()
         self._idle.set()
+        self._draining = asyncio.Event()  # long-lived connections (video streams) wait on it to close
 
     def mark_ready(self) -> bool:
         """starting -> ready (once warmed up); False when a drain began first."""
@@ -40,7 +41,12 @@ class Lifecycle:
         if self.draining:
             return False
         self.state = "draining"
+        self._draining.set()
         return True
+
+    async def wait_draining(self) -> None:
+        """Return once a drain has begun (what a video stream waits on to close with 1001)."""
+        await self._draining.wait()
 
     def close(self) -> None:
         self.state = "closed"

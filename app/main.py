@@ -39,8 +39,8 @@ from app.access import AccessControl, KeyFileError, KeyRing, RateLimiter, parse_
 from app.errors import ServiceError, error_response
 from app.http import HeadLimits
 from app.metrics import Metrics
-from app.middleware import RequestContext
-from app.routes import landmarks, ops
+from app.middleware import RequestContext, redact_server_logs
+from app.routes import landmarks, ops, stream
 from app.service import EngineLoader, LandmarkService, ServiceFactory, load_engine, load_service
 from app.settings import Settings
 from model.artifacts import CheckpointError
@@ -276,10 +276,12 @@ def create_app(
             sys.exit(f"cannot start: {problem}")
     if metrics is None:
         metrics = Metrics(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
+    redact_server_logs()
     app = FastAPI(
         title="dsc-landmarks",
         version="0.1.0",
         summary="68-point facial landmarks (dilated skip convolution network, Chim et al. 2019)",
+        description=stream.DOCS,
         lifespan=lifespan,
         docs_url=None,  # served below from packaged assets: FastAPI's default page loads them from a CDN
         redoc_url=None,
@@ -290,6 +292,7 @@ def create_app(
     app.state.connect = connect or functools.partial(load_service, loader=loader)
     app.include_router(landmarks.router)
     app.include_router(ops.router)
+    app.include_router(stream.router)
     _install_docs(app)
     _install_handlers(app)
     _install_access(app, settings, metrics)
@@ -303,6 +306,7 @@ def _install_access(app: FastAPI, settings: Settings, metrics: Metrics) -> None:
     limiter = None
     if settings.rate_limit:
         limiter = RateLimiter(settings.rate_limit, settings.rate_burst or max(1, math.ceil(settings.rate_limit)))
+    app.state.keys, app.state.limiter = keys, limiter  # the video stream checks its own (app.routes.stream)
     if keys is not None or limiter is not None:
         app.add_middleware(AccessControl, keys=keys, limiter=limiter, metrics=metrics)
     if keys is not None:
@@ -383,6 +387,9 @@ def run(argv: list[str] | None = None, loader: EngineLoader = load_engine) -> No
         "timeout_keep_alive": settings.keep_alive_s,
         "access_log": False,  # app.access writes one structured line per request; uvicorn's would be a second
         "timeout_graceful_shutdown": args.timeout_graceful_shutdown,
+        # /landmarks/stream answers a frame over LANDMARKS_MAX_UPLOAD_BYTES with an error message; only a message
+        # past this protocol limit closes the stream (1009)
+        "ws_max_size": max(16 * 1024 * 1024, 2 * settings.max_upload_bytes),
     }
     if settings.workers == 1:
         uvicorn.run(app, **common)

@@ -89,6 +89,10 @@ class Metrics:
             "livemax",
             ("name", "version", "preset", "device", "precision"),
         )
+        self.streams = self.gauge("landmarks_streams", "open /landmarks/stream connections", "livesum")
+        self.stream_frames = self.counter(
+            "landmarks_stream_frames_total", "video frames on /landmarks/stream, by outcome", ("outcome",)
+        )
         self.ready = self.gauge("landmarks_ready", "1 when the service accepts work", "livemin")
 
     def histogram(

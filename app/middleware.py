@@ -15,6 +15,29 @@ from app.metrics import Metrics
 
 log = logging.getLogger("app.access")
 
+
+class RedactQuery(logging.Filter):
+    """Query strings never reach a log: uvicorn's access line and its WebSocket lines print the whole URL, so a key
+    sent by mistake as ``?api_key=...`` (refused, rightly) would be written in clear. Every log argument that is a
+    path with a query keeps only the path and ``?[redacted]``."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple):
+            record.args = tuple(
+                a.split("?", 1)[0] + "?[redacted]" if isinstance(a, str) and a.startswith("/") and "?" in a else a
+                for a in record.args
+            )
+        return True
+
+
+def redact_server_logs() -> None:
+    """Install :class:`RedactQuery` on uvicorn's loggers (once per process)."""
+    for name in ("uvicorn.access", "uvicorn.error"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, RedactQuery) for f in logger.filters):
+            logger.addFilter(RedactQuery())
+
+
 _SAFE_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 _ROUTES = {"/landmarks", "/landmarks/render", "/health/live", "/health/ready", "/v1/model", "/metrics"}
 

@@ -46,6 +46,7 @@ def to_response(prediction: Prediction, engine: EngineInfo) -> LandmarksResponse
             score=round(float(np.mean(f.landmarks.confidence)), 4),
             pose=head_pose(f.pose),
             pose_reason=POSE_OFF if f.pose is None else f.pose.reason,
+            track_id=f.track_id,
         )
         for f in prediction.faces
     ]

@@ -49,6 +49,11 @@ class Face(BaseModel):
         description="why pose is null (too few confident points, degenerate points, a poor fit, pose off); "
         "null when there is a pose",
     )
+    track_id: int | None = Field(
+        None,
+        description="video (/landmarks/stream): the same number for as long as the face is tracked; a face "
+        "that is lost and found again gets a new one. Null for photos",
+    )
 
 
 class ModelInfo(BaseModel):
@@ -64,6 +69,25 @@ class LandmarksResponse(BaseModel):
     timings_ms: dict[str, float] = Field(
         description="decode, detect, crop, queue_wait (longest of the faces), inference (longest batch), total"
     )
+
+
+class StreamFrame(LandmarksResponse):
+    """One answer on ``/landmarks/stream``: a frame's faces, as ``POST /landmarks`` answers, plus where it is."""
+
+    sequence: int = Field(description="the frame's number on this connection, counting every binary message from 0")
+    dropped: int = Field(
+        description="frames dropped (oldest first) since the previous answer because the client sent faster than "
+        "the model answered"
+    )
+    detected: bool = Field(description="whether the face detector ran on this frame (else faces were tracked)")
+
+
+class StreamError(BaseModel):
+    """An error on ``/landmarks/stream``: the connection stays open unless a close frame follows."""
+
+    error: str = Field(description="stable code, as POST /landmarks's (unsupported_media_type, payload_too_large, ...)")
+    detail: str = Field(description="human-readable explanation")
+    sequence: int | None = Field(None, description="the frame it is about; null for the connection itself")
 
 
 class ErrorResponse(BaseModel):

@@ -25,8 +25,21 @@ from app.settings import Settings
 from model.detector import YuNetDetector
 from model.geometry import Box
 from model.landmarker import load_engine as load_runtime_engine
-from model.pipeline import Crop, Detector, Engine, EngineInfo, Landmarks, Pipeline, box_problem, caller_faces
+from model.pipeline import (
+    Crop,
+    Detector,
+    Engine,
+    EngineInfo,
+    Image,
+    Landmarks,
+    Pipeline,
+    Steps,
+    box_problem,
+    caller_faces,
+    drive_async,
+)  # fmt: skip
 from model.pose import HeadModel
+from model.tracking import Tracker
 
 log = logging.getLogger("app")
 
@@ -96,6 +109,7 @@ class LandmarkService:
         self.lifecycle = Lifecycle()
         self.pixels = PixelBudget(settings.max_pixels_in_flight)
         self._trimmer: asyncio.Task[None] | None = None
+        self.streams = 0  # open /landmarks/stream connections
 
     async def start(self) -> None:
         """Start the runner and warm the model up (on its own thread); then report ready."""
@@ -146,14 +160,26 @@ class LandmarkService:
         return await asyncio.get_running_loop().run_in_executor(self._pool, fn)
 
     async def landmarks(self, data: bytes, boxes: list[Box] | None, max_faces: int, deadline: float) -> Prediction:
-        """One uploaded image through the pipeline (the route has accepted the request already), holding its
-        decoded pixels against ``LANDMARKS_MAX_PIXELS_IN_FLIGHT`` until it is done."""
+        """One uploaded image through the pipeline (the route has accepted the request already)."""
+
+        def steps(image: Image) -> Steps:
+            if boxes is not None:
+                check_boxes(boxes, image.shape[1], image.shape[0])
+            return self.pipeline.steps(image, None if boxes is None else caller_faces(boxes), max_faces)
+
+        return await self._serve(data, steps, deadline)
+
+    async def frame(self, data: bytes, tracker: Tracker, deadline: float) -> Prediction:
+        """One video frame of a stream through its tracker (:mod:`model.tracking`), as :meth:`landmarks`."""
+        return await self._serve(data, tracker.steps, deadline)
+
+    async def _serve(self, data: bytes, steps: Callable[[Image], Steps], deadline: float) -> Prediction:
+        """Decode ``data`` (holding its pixels against ``LANDMARKS_MAX_PIXELS_IN_FLIGHT`` until it is done) and
+        drive its steps with the runner as the network."""
         with self.pixels.hold() as reserve:
             t0 = time.perf_counter()
             image = await self._off_loop(lambda: decode_image(data, self.settings.max_image_pixels, reserve))
             decode_ms = 1000 * (time.perf_counter() - t0)
-            if boxes is not None:
-                check_boxes(boxes, image.shape[1], image.shape[0])
             infos: list[BatchInfo] = []
 
             async def infer(crops: list[Crop]) -> list[Landmarks]:
@@ -161,8 +187,7 @@ class LandmarkService:
                 infos.extend(info for _, info in served)
                 return [landmarks for landmarks, _ in served]
 
-            faces = None if boxes is None else caller_faces(boxes)
-            result = await self.pipeline.run_async(image, infer, self._off_loop, faces, max_faces)
+            result = await drive_async(steps(image), infer, self._off_loop)
         timings = {"decode": decode_ms, "crop": 0.0, **result.timings_ms}
         timings["queue_wait"] = 1000 * max((i.queue_wait_s for i in infos), default=0.0)
         timings["inference"] = 1000 * max((i.inference_s for i in infos), default=0.0)

@@ -112,6 +112,13 @@ class Settings(BaseSettings):
     )
     warmup_batches: int = Field(2, ge=0, le=100, description="forwards before /health/ready turns 200")
     drain_timeout_s: float = Field(20.0, ge=0, le=600, description="on SIGTERM, time to finish queued work")
+    max_streams: int = Field(32, ge=0, le=10_000, description="open /landmarks/stream connections per process")
+    stream_buffer: int = Field(
+        2, ge=1, le=64, description="frames a stream holds while the model is busy; beyond it the oldest is dropped"
+    )
+    stream_idle_timeout_s: float = Field(
+        30.0, gt=0, le=3600, description="a stream with no message for this long is closed (code 1000)"
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> Settings:

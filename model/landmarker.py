@@ -5,6 +5,8 @@
     result = landmarker("photo.jpg")                         # a path, bytes, an RGB array or a PIL image
     for face in result.faces:
         face.landmarks.points, face.landmarks.confidence, face.pose
+    for frame in landmarker.track(frames):                   # video: tracked faces, smoothed points
+        [(face.track_id, face.landmarks.points) for face in frame.faces]
 
 It runs :class:`model.pipeline.Pipeline` with a plain call of the engine, the pipeline the service runs with its
 batcher, so the points are the service's (a test compares them). :meth:`Landmarker.many` batches the faces of
@@ -15,7 +17,7 @@ from __future__ import annotations
 
 import importlib.util
 import io
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Literal
@@ -27,8 +29,18 @@ from PIL import Image, ImageOps
 from model.artifacts import SHIPPED_CHECKPOINT, SHIPPED_ONNX
 from model.detector import YuNetDetector
 from model.geometry import Box
-from model.pipeline import Engine, FaceBox, PhotoResult, Pipeline, PipelineOptions, box_problem, caller_faces
+from model.pipeline import (
+    Engine,
+    FaceBox,
+    PhotoResult,
+    Pipeline,
+    PipelineOptions,
+    box_problem,
+    caller_faces,
+    drive,
+)  # fmt: skip
 from model.pose import DEFAULT_HEAD_MODEL, HeadModel
+from model.tracking import Tracker, TrackOptions
 
 Runtime = Literal["auto", "torch", "onnxruntime"]
 Channels = Literal["rgb", "bgr"]
@@ -132,3 +144,23 @@ class Landmarker:
                     raise ValueError(problem)
             photos.append((pixels, None if given is None else caller_faces(given)))
         return self.pipeline.run_many(photos, self.engine.infer, self.pipeline.options.max_batch_size, self.max_faces)
+
+    def track(
+        self,
+        frames: Iterable[ImageInput],
+        options: TrackOptions | None = None,
+        channels: Channels = "rgb",
+        times: Iterable[float] | None = None,
+    ) -> Iterator[PhotoResult]:
+        """Video: the frames in order, each answered as it comes, faces tracked from frame to frame (each with a
+        ``track_id``) and their points smoothed (:mod:`model.tracking`; ``options`` default to the service's).
+        ``times`` gives each frame's time stamp in seconds (default: ``options.fps``)."""
+        options = options or TrackOptions()
+        problem = options.problem()
+        if problem:
+            raise ValueError(problem)
+        tracker = Tracker(self.pipeline, options, self.max_faces)
+        stamps = iter(times) if times is not None else None
+        for frame in frames:
+            at = None if stamps is None else next(stamps)
+            yield drive(tracker.steps(read_image(frame, channels), at), self.engine.infer)

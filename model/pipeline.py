@@ -40,7 +40,7 @@ from model.geometry import Box, crop_matrix, invert, line_roll, warp
 from model.landmarks import LEFT_EYE, RIGHT_EYE
 from model.pose import HeadModel, PoseFit, PoseOptions, estimate_pose
 
-Source = Literal["caller", "detector"]
+Source = Literal["caller", "detector", "tracker"]  # tracker: framed from the last video frame (model.tracking)
 Image = NDArray[np.uint8]
 
 
@@ -107,6 +107,7 @@ class Face:
     detection_score: float | None
     landmarks: Landmarks
     pose: PoseFit | None = None  # None: the pipeline has no head model
+    track_id: int | None = None  # video (model.tracking): the same while the face is tracked; None for photos
 
 
 @dataclass
@@ -248,6 +249,25 @@ def refine(points: NDArray[np.floating], aligned: bool) -> Framing:
     return Framing(upright_box(points, roll), roll)
 
 
+Offload = Callable[[Callable[[], list[Crop] | PhotoResult]], Awaitable[list[Crop] | PhotoResult]]
+
+
+def drive(steps: Steps, infer: Infer) -> PhotoResult:
+    """Run a photo's (or a video frame's, :mod:`model.tracking`) steps to their result with a plain ``infer``."""
+    out = advance(steps, None)
+    while not isinstance(out, PhotoResult):
+        out = advance(steps, infer(out))
+    return out
+
+
+async def drive_async(steps: Steps, infer: AsyncInfer, offload: Offload) -> PhotoResult:
+    """:func:`drive` with an awaitable ``infer``; ``offload`` runs each CPU step off the event loop."""
+    out = await offload(lambda: advance(steps, None))
+    while not isinstance(out, PhotoResult):
+        out = await offload(functools.partial(advance, steps, await infer(out)))
+    return out
+
+
 def advance(steps: Steps, results: list[Landmarks] | None) -> list[Crop] | PhotoResult:
     """Send ``results`` into a running :meth:`Pipeline.steps` (``None`` to start it): the next crops to run, or
     the photo's result when it is done."""
@@ -292,7 +312,7 @@ class Pipeline:
 
     def framing(self, face: FaceBox) -> Framing:
         """How a face's first crop is framed: its box, and the detector's roll when crops are aligned."""
-        return Framing(face.box, face.roll if self.options.align and face.source == "detector" else 0.0)
+        return Framing(face.box, face.roll if self.options.align and face.source != "caller" else 0.0)
 
     def crops(self, image: Image, framings: Sequence[Framing]) -> list[Crop]:
         return [face_crop(image, f, self.input_size) for f in framings]
@@ -334,27 +354,19 @@ class Pipeline:
         self, image: Image, infer: Infer, faces: Sequence[FaceBox] | None = None, max_faces: int = 10
     ) -> PhotoResult:
         """One photo with a plain ``infer`` call."""
-        steps = self.steps(image, faces, max_faces)
-        out = advance(steps, None)
-        while not isinstance(out, PhotoResult):
-            out = advance(steps, infer(out))
-        return out
+        return drive(self.steps(image, faces, max_faces), infer)
 
     async def run_async(
         self,
         image: Image,
         infer: AsyncInfer,
-        offload: Callable[[Callable[[], list[Crop] | PhotoResult]], Awaitable[list[Crop] | PhotoResult]],
+        offload: Offload,
         faces: Sequence[FaceBox] | None = None,
         max_faces: int = 10,
     ) -> PhotoResult:
         """One photo with an awaitable ``infer`` (the service's batcher); ``offload`` runs each CPU step
         (detection, cropping) somewhere other than the event loop."""
-        steps = self.steps(image, faces, max_faces)
-        out = await offload(lambda: advance(steps, None))
-        while not isinstance(out, PhotoResult):
-            out = await offload(functools.partial(advance, steps, await infer(out)))
-        return out
+        return await drive_async(self.steps(image, faces, max_faces), infer, offload)
 
     def run_many(
         self,
