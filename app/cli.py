@@ -9,26 +9,35 @@ each network batch. ``--pts`` writes a 300-W ``.pts`` file (1-based, like the da
 each face (``name.pts``, then ``name_1.pts``, ...) and never overwrites one; ``--render DIR`` writes a preview
 PNG per photo; ``--out`` the preview of a single photo. Settings (checkpoint, device, precision, detector,
 second pass, ...) come from the same ``LANDMARKS_*`` variables as the service, so the landmarks are the same.
+
+A video file (``.mp4``, ``.avi``, ``.mov``, ``.mkv``, ``.webm``, ``.m4v``; read with OpenCV) is tracked as
+``/landmarks/stream`` tracks a stream: one JSON line per frame (``frame``, ``time_s`` and the body, each face with
+its ``track_id``), ``--video-out FILE.mp4`` writes the annotated video, ``--detect-every`` and ``--no-smoothing``
+set the tracking (:class:`model.tracking.TrackOptions`).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import glob
 import json
 import logging
 import sys
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import TextIO
 
+import cv2
+import numpy as np
 from tqdm import tqdm
 
 from app.errors import ServiceError
 from app.forms import parse_boxes, parse_max_faces
 from app.imaging import decode_image
-from app.responses import Prediction, render_png, to_response
+from app.responses import Prediction, annotate, render_png, to_response
 from app.settings import Settings
 from model.artifacts import CheckpointError
 from model.detector import DetectorError
@@ -36,8 +45,10 @@ from model.geometry import Box
 from model.landmarker import Landmarker
 from model.landmarks import format_pts
 from model.pipeline import Image, box_problem
+from model.tracking import TrackOptions
 
 PHOTO_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
+VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v"}
 PHOTOS_PER_BATCH = 8  # photos decoded and run together; their faces share network batches
 
 
@@ -135,6 +146,61 @@ class Annotator:
                 yield photo, Prediction(image, result.faces, timings)
 
 
+def video_frames(capture: cv2.VideoCapture) -> Iterator[Image]:
+    """The frames of an open capture, in order, as OpenCV gives them (BGR)."""
+    while True:
+        ok, frame = capture.read()
+        if not ok:
+            return
+        yield np.asarray(frame, dtype=np.uint8)
+
+
+def run_video(video: Path, args: argparse.Namespace, landmarker: Landmarker, out: TextIO) -> int:
+    """Track a video file's faces frame by frame: JSON lines, an optional annotated video, a progress bar."""
+    capture = cv2.VideoCapture(str(video))
+    if not capture.isOpened():
+        print(f"error: {video}: OpenCV cannot open it as a video", file=sys.stderr)
+        return 2
+    fps = capture.get(cv2.CAP_PROP_FPS)
+    fps = fps if fps and 1 <= fps <= 1000 else 30.0
+    total = int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) or None
+    options = replace(TrackOptions(fps=fps), detect_every=args.detect_every, smoothing=not args.no_smoothing)
+    writer: cv2.VideoWriter | None = None
+    frames = faces = 0
+    show = not args.no_progress and sys.stderr.isatty()
+    try:
+        with contextlib.ExitStack() as stack, tqdm(total=total, unit="frame", disable=not show) as bar:
+            stack.callback(capture.release)
+            latest: list[Image] = []
+
+            def feed() -> Iterator[Image]:
+                for frame in video_frames(capture):
+                    latest[:] = [frame]  # the tracker takes one frame at a time: this is the one it answers
+                    yield frame
+
+            for index, result in enumerate(landmarker.track(feed(), options, channels="bgr")):
+                rgb = np.ascontiguousarray(latest[0][:, :, ::-1])
+                prediction = Prediction(rgb, result.faces, {k: round(v, 3) for k, v in result.timings_ms.items()})
+                body = to_response(prediction, landmarker.engine).model_dump(mode="json")
+                out.write(json.dumps({"frame": index, "time_s": round(index / fps, 4), **body}) + "\n")
+                frames += 1
+                faces += len(result.faces)
+                if args.video_out:
+                    picture = annotate(prediction)[:, :, ::-1]
+                    if writer is None:
+                        height, width = picture.shape[:2]
+                        writer = cv2.VideoWriter(str(args.video_out), cv2.VideoWriter.fourcc(*"mp4v"), fps,
+                                                 (width, height))  # fmt: skip
+                        stack.callback(writer.release)
+                    writer.write(np.ascontiguousarray(picture))
+                bar.update()
+    except ValueError as exc:
+        print(f"error: {video}: {exc}", file=sys.stderr)
+        return 2
+    print(f"{frames} frame(s) at {fps:g} frames/s, {faces} face(s) in all", file=sys.stderr)
+    return 0 if frames else 2
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("inputs", nargs="+", help="photos, folders or globs (quote globs for ** with --recursive)")
@@ -150,12 +216,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runtime", choices=["torch", "onnxruntime"], help="overrides LANDMARKS_RUNTIME")
     parser.add_argument("--onnx-model", type=Path, help="overrides LANDMARKS_ONNX_MODEL")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (it shows on a terminal only)")
+    parser.add_argument("--video-out", type=Path, metavar="FILE.mp4", help="video input: write it annotated here")
+    parser.add_argument("--detect-every", type=int, default=TrackOptions.detect_every,
+                        help="video input: frames between detector runs while faces are tracked")  # fmt: skip
+    parser.add_argument("--no-smoothing", action="store_true", help="video input: no One Euro filter on the points")
     args = parser.parse_args(argv)
+    if args.detect_every < 1:
+        parser.error("--detect-every must be at least 1")
     logging.basicConfig(level=logging.WARNING)
-    photos, missing = find_photos(args.inputs, args.recursive)
+    videos = [Path(i) for i in args.inputs if Path(i).suffix.lower() in VIDEO_SUFFIXES]
+    if videos and len(args.inputs) > 1:
+        print("error: give one video at a time (or photos only)", file=sys.stderr)
+        return 2
+    if videos and not videos[0].is_file():
+        print(f"error: {videos[0]}: no such file", file=sys.stderr)
+        return 2
+    photos, missing = ([], []) if videos else find_photos(args.inputs, args.recursive)
     for item in missing:
         print(f"error: {item}: no such file, folder or matching path", file=sys.stderr)
-    if not photos:
+    if not photos and not videos:
         print("error: no photo to annotate", file=sys.stderr)
         return 2
     if args.out and len(photos) > 1:
@@ -176,6 +255,9 @@ def main(argv: list[str] | None = None) -> int:
     except (CheckpointError, DetectorError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 3
+    if videos:
+        with args.jsonl.open("w") if args.jsonl else contextlib.nullcontext(sys.stdout) as stream:
+            return run_video(videos[0], args, landmarker, stream)
     if args.render:
         args.render.mkdir(parents=True, exist_ok=True)
     out: TextIO = args.jsonl.open("w") if args.jsonl else sys.stdout

@@ -12,7 +12,7 @@ from app.schemas import Face, HeadPose, ImageInfo, LandmarksResponse, ModelInfo
 from model.pipeline import EngineInfo
 from model.pipeline import Face as PipelineFace
 from model.pose import PoseFit
-from model.render import draw_landmarks, draw_pose_axes
+from model.render import draw_label, draw_landmarks, draw_pose_axes
 
 
 @dataclass
@@ -63,11 +63,19 @@ def to_response(prediction: Prediction, engine: EngineInfo) -> LandmarksResponse
     )
 
 
-def render_png(prediction: Prediction) -> bytes:
-    """The image with every face's landmarks drawn, coloured by confidence, as PNG bytes."""
+def annotate(prediction: Prediction) -> NDArray[np.uint8]:
+    """The image (RGB) with every face's landmarks drawn, coloured by confidence, its head's axes and, in video,
+    its track id."""
     image = prediction.image
     for face in prediction.faces:
         image = draw_landmarks(image, face.landmarks.points, face.landmarks.confidence, box=np.asarray(face.box))
         if face.pose is not None:
             image = draw_pose_axes(image, face.pose, face.box)
-    return encode_png(image)
+        if face.track_id is not None:
+            image = draw_label(image, f"#{face.track_id}", face.box)
+    return image
+
+
+def render_png(prediction: Prediction) -> bytes:
+    """:func:`annotate` as PNG bytes."""
+    return encode_png(annotate(prediction))

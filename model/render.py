@@ -76,3 +76,16 @@ def draw_pose_axes(image: NDArray[np.uint8], fit: PoseFit, box: tuple[float, flo
         start, end = (int(q[0, 0]), int(q[0, 1])), (int(q[k, 0]), int(q[k, 1]))
         cv2.arrowedLine(out, start, end, AXIS_COLOURS[k - 1], thickness, cv2.LINE_AA, shift, 0.15)
     return out
+
+
+def draw_label(image: NDArray[np.uint8], text: str, box: tuple[float, float, float, float]) -> NDArray[np.uint8]:
+    """A copy of ``image`` with ``text`` (a track id) on a dark patch above the box's top-left corner."""
+    out = np.ascontiguousarray(image.copy())
+    scale = max(0.5, max(out.shape[:2]) / 900)
+    thickness = max(1, round(scale * 1.5))
+    (w, h), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, thickness)
+    x = int(np.clip(box[0], 0, max(0, out.shape[1] - w - 4)))
+    y = int(np.clip(box[1] - 6, h + base + 2, out.shape[0] - 2))
+    cv2.rectangle(out, (x, y - h - base - 2), (x + w + 4, y + 2), (20, 20, 20), -1)
+    cv2.putText(out, text, (x + 2, y - base), cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), thickness, cv2.LINE_AA)
+    return out

@@ -5,6 +5,7 @@ import pytest
 
 from app.cli import main
 from benchmarks.server import ROOT
+from model.artifacts import SHIPPED_CHECKPOINT
 from tests.app.conftest import open_client, png_bytes
 from tests.conftest import draw_face
 
@@ -114,3 +115,44 @@ def test_cli_checks_caller_boxes_against_each_photo(tmp_path, tiny_checkpoint, c
     assert "outside the 100x100 image" in first["detail"]
     assert len(second["faces"]) == 1
     assert "1 skipped" in capsys.readouterr().err
+
+
+def write_clip(path, frames: int = 8, step: int = 2) -> None:
+    """The test portrait moving right by ``step`` px a frame, as an MPEG-4 file OpenCV can read back."""
+    import cv2
+
+    image = cv2.imread(str(ROOT / "tests" / "data" / "astronaut.jpg"))
+    height, width = image.shape[:2]
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter.fourcc(*"mp4v"), 25, (width, height))
+    for i in range(frames):
+        writer.write(cv2.warpAffine(image, np.float32([[1, 0, step * i], [0, 1, 0]]), (width, height)))
+    writer.release()
+
+
+@pytest.mark.skipif(not SHIPPED_CHECKPOINT.is_file(), reason="no shipped checkpoint")
+def test_cli_tracks_a_video_into_json_lines_and_an_annotated_video(tmp_path, capsys):
+    import cv2
+
+    clip, out, video = tmp_path / "clip.mp4", tmp_path / "frames.jsonl", tmp_path / "annotated.mp4"
+    write_clip(clip)
+    code = main([str(clip), "--jsonl", str(out), "--video-out", str(video), "--detect-every", "4", "--no-progress"])
+    assert code == 0
+    frames = lines(out)
+    assert [f["frame"] for f in frames] == list(range(8))
+    assert frames[1]["time_s"] == pytest.approx(0.04)
+    assert [[face["track_id"] for face in f["faces"]] for f in frames] == [[1]] * 8
+    xs = [np.mean(np.array(f["faces"][0]["landmarks"])[:, 0]) for f in frames]
+    assert xs[-1] - xs[0] == pytest.approx(14, abs=2)  # the face moved 7 x 2 px; the filter follows it
+    capture = cv2.VideoCapture(str(video))
+    assert int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) == 8
+    assert "8 frame(s) at 25 frames/s" in capsys.readouterr().err
+
+
+def test_cli_refuses_a_missing_or_unreadable_video_in_one_line(tmp_path, tiny_checkpoint, capsys):
+    args = ["--checkpoint", str(tiny_checkpoint), "--device", "cpu"]
+    assert main([str(tmp_path / "none.mp4"), *args]) == 2
+    assert "no such file" in capsys.readouterr().err
+    bad = tmp_path / "bad.mp4"
+    bad.write_bytes(b"not a video")
+    assert main([str(bad), *args]) == 2
+    assert "cannot open it as a video" in capsys.readouterr().err

@@ -192,3 +192,20 @@ def test_query_strings_never_reach_the_server_log():
 
     create_app(make_settings(SHIPPED_CHECKPOINT), handle_signals=False)
     assert any(isinstance(f, RedactQuery) for f in logging.getLogger("uvicorn.error").filters)
+
+
+@pytest.mark.skipif(not SHIPPED_CHECKPOINT.is_file(), reason="no shipped checkpoint")
+def test_the_readmes_python_client_runs_against_a_live_server(tmp_path, capsys):
+    import re
+
+    from benchmarks.server import ROOT, running_server
+
+    text = (ROOT / "README.md").read_text()
+    block = re.search(r"```python\n(import json\n\nfrom websockets.*?)```", text, re.S)
+    assert block is not None, "README has no streaming client example"
+    with running_server(SHIPPED_CHECKPOINT, tmp_path / "server.log") as (base, _):
+        code = block.group(1).replace("ws://localhost:8000", base.replace("http://", "ws://"))
+        code = code.replace('"tests/data/astronaut.jpg"', repr(str(ROOT / "tests" / "data" / "astronaut.jpg")))
+        exec(compile(code, "README.md", "exec"), {})  # noqa: S102 - our own README
+    printed = capsys.readouterr().out.splitlines()
+    assert [line.split()[:2] for line in printed] == [["0", "1"], ["1", "1"], ["2", "1"]]  # sequence, track id

@@ -36,10 +36,10 @@ def landmark_pixels(rgb: np.ndarray, box: tuple[int, int, int, int]) -> int:
     return int(((region[..., 2] < 40) & (np.maximum(region[..., 0], region[..., 1]) > 180)).sum())
 
 
-def chrome():  # noqa: ANN201
+def chrome(*flags: str):  # noqa: ANN201
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
-    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1280,900"):
+    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1280,900", *flags):
         options.add_argument(flag)
     return webdriver.Chrome(service=webdriver.ChromeService(executable_path=DRIVER), options=options)
 
@@ -110,3 +110,58 @@ def test_upload_the_portrait_and_see_its_landmarks(tmp_path):
     assert (tmp_path / "demo.png").stat().st_size > 10_000
     Path(ROOT / "runs").mkdir(exist_ok=True)
     shutil.copy(tmp_path / "demo.png", ROOT / "runs" / "demo_screenshot.png")  # to look at (runs/ is ignored)
+
+
+def write_camera_clip(path: Path, frames: int = 30) -> tuple[int, int, int, int]:
+    """A Y4M clip for Chromium's fake camera: the portrait at 0.9x on a 640x480 grey frame, drifting right by
+    1 px a frame. Returns the box that holds the face in every frame."""
+    import cv2
+
+    portrait = cv2.resize(cv2.imread(str(PORTRAIT)), (461, 461), interpolation=cv2.INTER_AREA)
+    with path.open("wb") as fh:
+        fh.write(b"YUV4MPEG2 W640 H480 F15:1 Ip A1:1 C420jpeg\n")
+        for i in range(frames):
+            frame = np.full((480, 640, 3), 110, np.uint8)
+            frame[10:471, 80 + i : 541 + i] = portrait
+            fh.write(b"FRAME\n" + cv2.cvtColor(frame, cv2.COLOR_BGR2YUV_I420).tobytes())
+    return (215, 64, 380, 190)  # the portrait's face (150, 60, 300, 200) at 0.9x, moved by (80..110, 10)
+
+
+def test_the_webcam_mode_streams_the_camera_and_draws_tracked_points(tmp_path):
+    """Chromium's fake camera plays a clip of the portrait; with keys on, the page asks for one, sends it as the
+    WebSocket sub-protocol, and draws each answer on its frame with the track id and frames/s."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    clip = tmp_path / "camera.y4m"
+    face = write_camera_clip(clip)
+    flags = ("--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
+             f"--use-file-for-fake-video-capture={clip}")  # fmt: skip
+    with running_server(SHIPPED_CHECKPOINT, tmp_path / "server.log", api_keys="s3cret") as (base, _):
+        driver = chrome(*flags)
+        try:
+            driver.get(f"{base}/")
+            driver.find_element(By.ID, "camera").click()
+            WebDriverWait(driver, 30).until(lambda d: d.find_element(By.ID, "keybox").is_displayed())
+            driver.find_element(By.ID, "apikey").send_keys("s3cret")
+            driver.find_element(By.ID, "usekey").click()  # the camera starts again, with the key
+            WebDriverWait(driver, 90).until(
+                lambda d: (
+                    "frames/s" in d.find_element(By.ID, "status").text
+                    and d.execute_script("return document.getElementById('canvas').dataset.faces") == "1"
+                )
+            )
+            WebDriverWait(driver, 60).until(lambda d: "#1" in d.find_element(By.ID, "status").text)
+            status = driver.find_element(By.ID, "status").text
+            data_url = driver.execute_script("return document.getElementById('canvas').toDataURL('image/png')")
+            driver.find_element(By.ID, "camera").click()  # stop
+            WebDriverWait(driver, 10).until(lambda d: d.find_element(By.ID, "camera").text == "Use the camera")
+        finally:
+            driver.quit()
+    assert "track #1" in status
+    drawn = np.asarray(Image.open(io.BytesIO(base64.b64decode(data_url.split(",", 1)[1]))).convert("RGB"))
+    assert drawn.shape == (480, 640, 3)
+    assert landmark_pixels(drawn, face) > 300
+    log = (tmp_path / "server.log").read_text()
+    assert "s3cret" not in log
+    assert '"route": "/landmarks/stream"' in log  # the stream's own log line when it closed
