@@ -43,9 +43,9 @@ from ray.serve.handle import DeploymentHandle, DeploymentResponse
 from ray.serve.schema import ServeDeploySchema
 from ray.util import metrics as ray_metrics
 
-from app.batcher import BatchInfo, inference_thread
+from app.batcher import BatchInfo
 from app.errors import ServiceError, deadline_exceeded, draining, unavailable
-from app.main import create_app, startup_problem
+from app.main import create_app
 from app.metrics import (
     LATENCY_BUCKETS,
     CounterMetric,
@@ -53,8 +53,9 @@ from app.metrics import (
     HistogramMetric,
     Metrics,
 )
-from app.service import LandmarkService, build_detector, load_engine
+from app.service import LandmarkService
 from app.settings import Settings
+from app.startup import Parts, StartupError, load_parts
 from model.pipeline import Crop, Engine, EngineCard, Landmarks
 
 log = logging.getLogger("app.cluster")
@@ -150,15 +151,18 @@ class LandmarkModel:
     def __init__(self) -> None:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         settings = cluster_settings()
-        problem = startup_problem(settings)
-        if problem:
-            raise RuntimeError(f"cannot start: {problem}")
         if settings.runtime == "torch" and settings.torch_threads:
             import torch
 
             torch.set_num_threads(settings.torch_threads)
-        self._thread: ThreadPoolExecutor = inference_thread()
-        self.engine: Engine = self._thread.submit(load_engine, settings).result()
+        try:
+            parts = load_parts(settings)  # each artefact once; the engine on the thread that runs it
+        except StartupError as exc:
+            raise RuntimeError(f"cannot start: {exc}") from None
+        if parts.engine is None or parts.worker is None:  # load_parts with the runtime loads both
+            raise RuntimeError("cannot start: no engine was loaded")
+        self._thread: ThreadPoolExecutor = parts.worker
+        self.engine: Engine = parts.engine
         if settings.warmup_batches:
             sizes = [1, settings.max_batch_size][: settings.warmup_batches]
             self._thread.submit(self.engine.warmup, sizes).result()
@@ -252,11 +256,13 @@ class RemoteRunner:
         return True
 
 
-async def remote_service(settings: Settings, metrics: Metrics, model: DeploymentHandle) -> LandmarkService:
-    """The ingress's service: the model's card from a live model replica, the detector here."""
+async def remote_service(
+    settings: Settings, metrics: Metrics, model: DeploymentHandle, parts: Parts
+) -> LandmarkService:
+    """The ingress's service: the model's card from a live model replica, the detector and head model here."""
     card: EngineCard = await model.describe.remote()
     runner = RemoteRunner(model, settings.max_batch_size)
-    return LandmarkService(settings, card, runner, build_detector(settings), metrics)
+    return LandmarkService(settings, card, runner, parts.detector, parts.head, metrics)
 
 
 @serve.deployment(name="LandmarkIngress")
@@ -270,10 +276,11 @@ class LandmarkIngress:
     def __serve_build_asgi_app__(self) -> FastAPI:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         settings = cluster_settings()
-        problem = startup_problem(settings, runtime=False)
-        if problem:
-            raise RuntimeError(f"cannot start: {problem}")
-        connect = functools.partial(remote_service, model=self._model)
+        try:
+            parts = load_parts(settings, runtime=False)  # no network here: the detector and the head model
+        except StartupError as exc:
+            raise RuntimeError(f"cannot start: {exc}") from None
+        connect = functools.partial(remote_service, model=self._model, parts=parts)
         return create_app(settings, handle_signals=False, connect=connect, metrics=RayMetrics())
 
 

@@ -7,6 +7,7 @@ SIGTERM the service drains: ready turns 503, new requests get 503, queued faces 
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import functools
@@ -14,7 +15,6 @@ import logging
 import math
 import os
 import signal
-import socket
 import sys
 import tempfile
 from collections.abc import AsyncIterator
@@ -35,17 +35,15 @@ from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from swagger_ui_bundle import swagger_ui_path
 
-from app.access import AccessControl, KeyFileError, KeyRing, RateLimiter, parse_keys
+from app.access import AccessControl, KeyRing, RateLimiter, parse_keys
 from app.errors import ServiceError, error_response
 from app.http import HeadLimits
 from app.metrics import Metrics
 from app.middleware import RequestContext, redact_server_logs
 from app.routes import landmarks, ops, stream
-from app.service import EngineLoader, LandmarkService, ServiceFactory, load_engine, load_service
+from app.service import LandmarkService, ServiceFactory, load_service
 from app.settings import Settings
-from model.artifacts import CheckpointError
-from model.detector import DetectorError, YuNetDetector
-from model.pose import HeadModel
+from app.startup import StartupError, load_parts, startup_problem
 
 log = logging.getLogger("app")
 
@@ -175,105 +173,38 @@ def _install_docs(app: FastAPI) -> None:
         )
 
 
-def runtime_problem(settings: Settings) -> str | None:
-    """The model file, device and precision for the chosen runtime (torch is imported only for torch)."""
-    if settings.runtime == "onnxruntime":
-        if settings.device not in ("auto", "cpu"):
-            return f"LANDMARKS_DEVICE={settings.device}: LANDMARKS_RUNTIME=onnxruntime runs on the CPU (auto or cpu)"
-        if settings.precision not in ("auto", "fp32"):
-            return f"LANDMARKS_PRECISION={settings.precision}: the ONNX model runs in fp32 (auto or fp32)"
-        from model.onnx_engine import OnnxEngine
-
-        try:
-            OnnxEngine(settings.onnx_model, threads=1)
-        except CheckpointError as exc:
-            return f"LANDMARKS_ONNX_MODEL: {exc}"
-        return None
-    from model.checkpoint import load_checkpoint
-    from model.inference import resolve_device, resolve_precision
-
+def read_settings() -> Settings:
+    """``LANDMARKS_*`` from the environment; a bad value exits with one line per variable."""
+    _configure_logging()
     try:
-        load_checkpoint(settings.checkpoint)
-    except CheckpointError as exc:
-        return f"LANDMARKS_CHECKPOINT: {exc}"
-    try:
-        device = resolve_device(settings.device)
-    except (ValueError, RuntimeError) as exc:
-        return f"LANDMARKS_DEVICE={settings.device}: {exc}"
-    try:
-        resolve_precision(settings.precision, device)
-    except ValueError as exc:
-        return f"LANDMARKS_PRECISION={settings.precision}: {exc}"
-    return None
-
-
-def startup_problem(settings: Settings, runtime: bool = True) -> str | None:
-    """What would stop the start, in one line naming the variable or file, checked before uvicorn serves.
-    ``runtime=False`` skips the model file and device (a cluster's ingress, which holds no network)."""
-    problem = runtime_problem(settings) if runtime else None
-    if problem:
-        return problem
-    if settings.api_keys is not None:
-        try:
-            parse_keys(settings.api_keys.get_secret_value())
-        except KeyFileError as exc:
-            return f"LANDMARKS_API_KEYS: {exc}"
-    try:
-        YuNetDetector.from_options(settings.pipeline_options().detector)
-    except DetectorError as exc:
-        return str(exc)
-    if settings.head_model is not None:
-        try:
-            HeadModel.load(settings.head_model)
-        except ValueError as exc:
-            return f"LANDMARKS_HEAD_MODEL: {exc} (set it to none to serve without head pose)"
-    # The process that will serve the metrics port checks it: one server process, or the supervisor of several
-    # workers (before it starts them; the workers it spawns have PROMETHEUS_MULTIPROC_DIR and share its port).
-    if settings.metrics_port is not None and os.environ.get("PROMETHEUS_MULTIPROC_DIR") is None:
-        problem = listen_problem(settings.metrics_host, settings.metrics_port)
-        if problem:
-            return f"LANDMARKS_METRICS_PORT={settings.metrics_port}: {problem}"
-    return None
-
-
-def listen_problem(host: str, port: int) -> str | None:
-    """Why this process could not listen on ``host:port`` (in use, no such address, not allowed), or None."""
-    try:
-        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
-        with socket.socket(family, kind, proto) as probe:
-            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server's own bind
-            probe.bind(address)
-    except OSError as exc:
-        return f"cannot listen on {host}:{port} ({exc.strerror or exc})"
-    return None
+        return Settings()
+    except ValidationError as exc:
+        lines = [
+            f"  LANDMARKS_{'_'.join(str(p) for p in e['loc']).upper()}: {e['msg']}"
+            if e["loc"]
+            else f"  {e['msg'].removeprefix('Value error, ')}"
+            for e in exc.errors()
+        ]
+        sys.exit("invalid settings:\n" + "\n".join(lines))
 
 
 def create_app(
     settings: Settings | None = None,
     handle_signals: bool = True,
-    loader: EngineLoader = load_engine,
     connect: ServiceFactory | None = None,
     metrics: Metrics | None = None,
 ) -> FastAPI:
     """Build the service. Without ``settings`` they are read from ``LANDMARKS_*`` (a bad value exits with a message).
-    ``loader`` builds the engine from the settings (the checkpoint on torch; benchmarks pass a stand-in) for this
-    process's batcher; ``connect`` replaces that whole service (a cluster's ingress runs the same app around a
-    remote model), ``metrics`` the Prometheus registry (the cluster's go to Ray's metrics)."""
+    ``connect`` builds the service (default: this process's batcher around the settings' engine; a cluster's
+    ingress runs the same app around a remote model), ``metrics`` the Prometheus registry (the cluster's go to
+    Ray's metrics)."""
     if settings is None:  # the server's path (uvicorn, or each worker process of dsc-landmarks-serve)
-        _configure_logging()
+        settings = read_settings()
         try:
-            settings = Settings()
-        except ValidationError as exc:
-            lines = [
-                f"  LANDMARKS_{'_'.join(str(p) for p in e['loc']).upper()}: {e['msg']}"
-                if e["loc"]
-                else f"  {e['msg'].removeprefix('Value error, ')}"
-                for e in exc.errors()
-            ]
-            sys.exit("invalid settings:\n" + "\n".join(lines))
-        problem = startup_problem(settings)
-        if problem:
-            sys.exit(f"cannot start: {problem}")
+            parts = load_parts(settings)  # each artefact read once, here, for the whole process
+        except StartupError as exc:
+            sys.exit(f"cannot start: {exc}")
+        connect = connect or functools.partial(load_service, parts=parts)
     if metrics is None:
         metrics = Metrics(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
     redact_server_logs()
@@ -289,7 +220,7 @@ def create_app(
     app.state.settings = settings
     app.state.metrics = metrics
     app.state.handle_signals = handle_signals
-    app.state.connect = connect or functools.partial(load_service, loader=loader)
+    app.state.connect = connect or load_service
     app.include_router(landmarks.router)
     app.include_router(ops.router)
     app.include_router(stream.router)
@@ -362,25 +293,19 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(name)
 
 
-def run(argv: list[str] | None = None, loader: EngineLoader = load_engine) -> None:
-    """Console script: ``dsc-landmarks-serve [--host H] [--port P]`` — uvicorn with the connection guards of
-    :mod:`app.http`, and ``LANDMARKS_WORKERS`` processes (each with its model copy and batcher; metrics in
-    prometheus_client's multi-process mode, summed over the workers)."""
-    import argparse
-
-    import uvicorn
-
-    from app.http import GuardedHttpToolsProtocol
-
+def server_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="serve the landmark API")
     parser.add_argument("--host", default="0.0.0.0")
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--timeout-graceful-shutdown", type=float, default=30.0, help="after the drain, seconds")
-    args = parser.parse_args(argv)
-    _configure_logging()
-    app = create_app(loader=loader)  # validates the settings and checks the checkpoint before any worker starts
-    settings: Settings = app.state.settings
-    common: dict[str, Any] = {
+    return parser.parse_args(argv)
+
+
+def uvicorn_options(settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
+    """How uvicorn serves the app: the connection guards of :mod:`app.http`, keep-alive, graceful shutdown."""
+    from app.http import GuardedHttpToolsProtocol
+
+    return {
         "host": args.host,
         "port": args.port,
         "http": GuardedHttpToolsProtocol,
@@ -391,9 +316,23 @@ def run(argv: list[str] | None = None, loader: EngineLoader = load_engine) -> No
         # past this protocol limit closes the stream (1009)
         "ws_max_size": max(16 * 1024 * 1024, 2 * settings.max_upload_bytes),
     }
+
+
+def run(argv: list[str] | None = None) -> None:
+    """Console script: ``dsc-landmarks-serve [--host H] [--port P]`` — uvicorn with the connection guards of
+    :mod:`app.http`, and ``LANDMARKS_WORKERS`` processes (each with its model copy and batcher; metrics in
+    prometheus_client's multi-process mode, summed over the workers)."""
+    import uvicorn
+
+    args = server_args(argv)
+    settings = read_settings()
+    common = uvicorn_options(settings, args)
     if settings.workers == 1:
-        uvicorn.run(app, **common)
+        uvicorn.run(create_app(), **common)  # loads each artefact once, before uvicorn serves
         return
+    problem = startup_problem(settings)  # the supervisor only checks: each worker process loads its own
+    if problem:
+        sys.exit(f"cannot start: {problem}")
     folder = Path(os.environ.get("PROMETHEUS_MULTIPROC_DIR") or tempfile.mkdtemp(prefix="dsc-landmarks-metrics-"))
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(folder)  # the spawned workers inherit it
     folder.mkdir(parents=True, exist_ok=True)
@@ -403,8 +342,6 @@ def run(argv: list[str] | None = None, loader: EngineLoader = load_engine) -> No
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry, path=str(folder))
         serve_metrics(settings, registry)
-    if loader is not load_engine:
-        sys.exit("LANDMARKS_WORKERS > 1 serves the checkpoint itself (the workers build their own app)")
     uvicorn.run("app.main:create_app", factory=True, workers=settings.workers, **common)
 
 

@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Protocol, TypeVar
 
-from app.batcher import Batcher, BatchInfo, inference_thread
+from app.batcher import Batcher, BatchInfo
 from app.errors import ServiceError
 from app.imaging import PixelBudget, decode_image
 from app.lifecycle import Lifecycle
@@ -22,9 +22,8 @@ from app.memory import malloc_trim, return_memory_when_idle
 from app.metrics import Metrics
 from app.responses import Prediction
 from app.settings import Settings
-from model.detector import YuNetDetector
+from app.startup import Parts, load_parts
 from model.geometry import Box
-from model.landmarker import load_engine as load_runtime_engine
 from model.pipeline import (
     Crop,
     Detector,
@@ -98,13 +97,14 @@ class LandmarkService:
         engine: EngineInfo,
         runner: FaceRunner,
         detector: Detector,
+        head: HeadModel | None,
         metrics: Metrics,
     ) -> None:
         self.settings = settings
         self.engine = engine
         self.runner = runner
         self.metrics = metrics
-        self.pipeline = Pipeline(settings.pipeline_options(), engine.config.input_size, detector, load_head(settings))
+        self.pipeline = Pipeline(settings.pipeline_options(), engine.config.input_size, detector, head)
         self._pool = ThreadPoolExecutor(settings.preprocess_threads, thread_name_prefix="preprocess")
         self.lifecycle = Lifecycle()
         self.pixels = PixelBudget(settings.max_pixels_in_flight)
@@ -196,34 +196,18 @@ class LandmarkService:
         return Prediction(image, result.faces, {k: round(v, 3) for k, v in timings.items()}, [i.size for i in infos])
 
 
-EngineLoader = Callable[[Settings], Engine]
 ServiceFactory = Callable[[Settings, Metrics], Awaitable[LandmarkService]]
 
 
-def load_engine(settings: Settings) -> Engine:
-    """The served model on its runtime: the checkpoint on torch (the settings' device, precision, batch size and
-    graphs), or the exported ONNX file on ONNX Runtime's CPU provider (imported only then: no torch needed)."""
-    return load_runtime_engine(
-        settings.runtime, settings.model_file(), settings.pipeline_options(), settings.onnx_threads()
-    )
-
-
-async def load_service(settings: Settings, metrics: Metrics, loader: EngineLoader = load_engine) -> LandmarkService:
-    """Load the engine on the inference thread (where it will run) and build the service around it."""
-    worker = inference_thread()
-    engine = await asyncio.get_running_loop().run_in_executor(worker, loader, settings)
-    runner = LocalRunner(engine, settings, metrics, worker)
-    return LandmarkService(settings, engine, runner, build_detector(settings), metrics)
-
-
-def load_head(settings: Settings) -> HeadModel | None:
-    """The head model that gives each face its pose (``LANDMARKS_HEAD_MODEL``), or ``None`` when pose is off."""
-    return None if settings.head_model is None else HeadModel.load(settings.head_model)
-
-
-def build_detector(settings: Settings) -> YuNetDetector:
-    """YuNet with the ``LANDMARKS_DETECTOR_*`` settings (loads and checks the model file now, not per request)."""
-    return YuNetDetector.from_options(settings.pipeline_options().detector)
+async def load_service(settings: Settings, metrics: Metrics, parts: Parts | None = None) -> LandmarkService:
+    """The service around ``parts`` (what the server path loaded and checked before serving), or around parts
+    loaded now (each artefact once; the engine on the inference thread that will run it)."""
+    if parts is None:
+        parts = await asyncio.get_running_loop().run_in_executor(None, load_parts, settings)
+    if parts.engine is None or parts.worker is None:
+        raise ValueError("a local service needs parts loaded with their engine (runtime=True)")
+    runner = LocalRunner(parts.engine, settings, metrics, parts.worker)
+    return LandmarkService(settings, parts.engine, runner, parts.detector, parts.head, metrics)
 
 
 def check_boxes(boxes: list[Box], width: int, height: int) -> None:

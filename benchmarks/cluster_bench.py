@@ -5,10 +5,10 @@
 Both serve the shipped checkpoint with caller boxes on the same 32 AFLW2000-3D val photos, driven by wrk at 1 and
 8 connections: req/s, p50, the server's CPU seconds per request (the single process; every Ray process of the
 cluster: GCS, raylets, agents, proxy, controller, replicas) and the mean batch the network ran. The cluster is a
-real two-node one (``benchmarks.ray_cluster``: head 127.0.0.2, worker 127.0.0.3) deployed from
+real two-node one (``tests.support.ray_cluster``: head 127.0.0.2, worker 127.0.0.3) deployed from
 ``cluster/serve.yaml`` with one ingress replica, and either one model replica with every core's threads (the
 single process's set-up) or two with one thread each, one per node. Last, the fault drill of the cluster test
-(``benchmarks.ray_cluster.fault_drill``) on the two-replica set-up, with what the clients saw.
+(``tests.support.ray_cluster.fault_drill``) on the two-replica set-up, with what the clients saw.
 """
 
 from __future__ import annotations
@@ -23,10 +23,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 from benchmarks.common import machine, publish, table
-from benchmarks.ray_cluster import HEAD_IP, WORKER_IP, Drill, LocalCluster, fault_drill, free_port, loopback_config
-from benchmarks.server import running_server, tree_cpu_seconds
 from benchmarks.service_bench import DATA, batch_stats, drive, warm_up, write_bodies
 from model.artifacts import SHIPPED_CHECKPOINT
+from tests.support.ray_cluster import HEAD_IP, WORKER_IP, Drill, LocalCluster, fault_drill, free_port, loopback_config
+from tests.support.server import running_server, tree_cpu_seconds
 from training.datasets import read_aflw2000
 
 DRILL_TIMEOUT_S = 40  # client timeout in the fault drill: past the service's 30 s deadline, so a hang shows

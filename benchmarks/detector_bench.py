@@ -23,11 +23,11 @@ import numpy as np
 import torch
 
 from benchmarks.common import machine, publish, table
-from benchmarks.server import running_server
 from benchmarks.service_bench import DATA, drive, write_bodies
 from model.artifacts import SHIPPED_CHECKPOINT
 from model.detector import Detection, YuNetDetector, match_detection
 from model.geometry import box_from_points
+from tests.support.server import running_server
 from training.datasets import Sample, load_image, load_samples
 from training.metrics import YAW_BINS
 

@@ -2,8 +2,8 @@
 
     python -m benchmarks.frontend_bench [--clients 1,8,32] [--seconds 10] [--out FILE]
 
-The service runs unchanged on the shipped checkpoint except that :mod:`benchmarks.stand_in` puts its
-:class:`~benchmarks.stand_in.StandInNet` in the network's place: constant heatmaps of the same shape (68 × 32²) at no
+The service runs unchanged on the shipped checkpoint except that :mod:`tests.support.stand_in` puts its
+:class:`~tests.support.stand_in.StandInNet` in the network's place: constant heatmaps of the same shape (68 × 32²) at no
 cost, decoded, mapped back and answered as usual. So what it measures is the front end a GPU would have to be
 fed by. Load from wrk on the same machine (`apt-get install wrk`), 64 AFLW2000-3D
 val photos, with caller boxes (decode + crop + one pass) and without (decode + YuNet + two passes). Reported per
@@ -19,9 +19,9 @@ import tempfile
 from pathlib import Path
 
 from benchmarks.common import machine, publish, table
-from benchmarks.server import running_server, tree_cpu_seconds
 from benchmarks.service_bench import drive, warm_up, write_bodies
 from model.artifacts import SHIPPED_CHECKPOINT
+from tests.support.server import running_server, tree_cpu_seconds
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -49,7 +49,7 @@ def main(args: argparse.Namespace) -> str:
                 "torch_threads": "1",
             }
             log = folder / f"server-{bodies.name}.log"
-            with running_server(SHIPPED_CHECKPOINT, log, "benchmarks.stand_in", **settings) as (base, proc):
+            with running_server(SHIPPED_CHECKPOINT, log, "tests.support.stand_in", **settings) as (base, proc):
                 for clients in levels:
                     warm_up(base, bodies, count)
                     before = tree_cpu_seconds(proc.pid)

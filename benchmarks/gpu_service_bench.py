@@ -16,29 +16,16 @@ shows whether the host's cores or the GPU ran out. ``--device cpu`` runs the sam
 from __future__ import annotations
 
 import argparse
-import re
 import shutil
 import tempfile
-import time
 from pathlib import Path
 
 import torch
 
 from benchmarks.common import publish, table
-from benchmarks.server import host_jiffies, running_server, tree_cpu_seconds
 from benchmarks.service_bench import DATA, drive, raw_throughput, warm_up, write_bodies
 from model.artifacts import SHIPPED_CHECKPOINT
-
-READY_LINE = re.compile(r"process \d+ ready \(warm-up")  # logged by each server process once it has warmed up
-
-
-def wait_for_workers(log: Path, workers: int, timeout_s: float) -> None:
-    """``/health/ready`` answers from the first worker that is up; wait until every worker has warmed up."""
-    deadline = time.monotonic() + timeout_s
-    while len(READY_LINE.findall(log.read_text(errors="replace"))) < workers:
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"not all {workers} workers got ready:\n{log.read_text(errors='replace')[-3000:]}")
-        time.sleep(0.2)
+from tests.support.server import host_jiffies, running_server, tree_cpu_seconds, wait_for_workers
 
 
 def get_args_parser() -> argparse.ArgumentParser:

@@ -18,9 +18,9 @@ import urllib.request
 from pathlib import Path
 
 from benchmarks.common import machine, table
-from benchmarks.server import running_server, tree_cpu_seconds
 from benchmarks.service_bench import BOUNDARY, drive, warm_up, write_bodies
 from model.artifacts import SHIPPED_CHECKPOINT
+from tests.support.server import running_server, tree_cpu_seconds
 
 MODES = {"pose on": {}, "pose off": {"head_model": "none"}}
 

@@ -20,13 +20,13 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.common import machine, publish, table, timeit
-from benchmarks.server import running_server
 from benchmarks.service_bench import DATA, drive, write_bodies
 from model.artifacts import SHIPPED_CHECKPOINT, SHIPPED_ONNX
 from model.checkpoint import load_for_inference
 from model.inference import resolve_precision
 from model.onnx_engine import OnnxEngine
 from model.pipeline import Engine, PipelineOptions
+from tests.support.server import running_server
 from training.datasets import load_samples
 from training.evaluate import run as run_pipeline
 from training.export import check_crops

@@ -23,10 +23,10 @@ from pathlib import Path
 import torch
 
 from benchmarks.common import machine, table, timeit
-from benchmarks.server import running_server
 from model.artifacts import SHIPPED_CHECKPOINT
 from model.checkpoint import load_for_inference
 from model.pipeline import PipelineOptions
+from tests.support.server import running_server
 from training.datasets import read_aflw2000
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "aflw2000-3d"

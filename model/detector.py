@@ -78,14 +78,17 @@ class Detection:
         return line_roll(np.asarray(self.points[0]), np.asarray(self.points[1]))
 
 
-def check_model(path: Path, sha256: str | None) -> None:
-    """Refuse a missing or altered model file with a message that names it."""
-    if not path.is_file():
-        raise DetectorError(f"face detector model {path} does not exist")
+def read_model(path: Path, sha256: str | None) -> bytes:
+    """The model file's bytes, read once; a missing or altered file is refused with a message that names it."""
+    try:
+        data = path.read_bytes()
+    except OSError:
+        raise DetectorError(f"face detector model {path} does not exist or cannot be read") from None
     if sha256 is not None:
-        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        digest = hashlib.sha256(data).hexdigest()
         if digest != sha256:
             raise DetectorError(f"face detector model {path} has sha256 {digest}, expected {sha256}")
+    return data
 
 
 class YuNetDetector:
@@ -101,7 +104,7 @@ class YuNetDetector:
         sha256: str | None = YUNET_SHA256,
         box_map: BoxMap | None = BOX_MAP,
     ) -> None:
-        check_model(model_path, sha256)
+        self._model = np.frombuffer(read_model(model_path, sha256), np.uint8)  # every thread's net is built from it
         self.model_path = model_path
         self.max_side = max_side
         self.score_threshold = score_threshold
@@ -120,8 +123,9 @@ class YuNetDetector:
         if net is None:
             try:
                 net = cv2.FaceDetectorYN.create(
-                    str(self.model_path), "", (320, 320), self.score_threshold, self.nms_threshold, 5000
-                )
+                    "onnx", self._model, np.empty(0, np.uint8), (320, 320), self.score_threshold,
+                    self.nms_threshold, 5000,
+                )  # fmt: skip
             except cv2.error as exc:
                 raise DetectorError(f"face detector model {self.model_path} cannot be loaded: {exc}") from exc
             self._local.net = net

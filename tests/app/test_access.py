@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from app.access import KeyFileError, KeyRing, RateLimiter, key_id, parse_keys
-from app.main import startup_problem
+from app.startup import startup_problem
 from tests.app.conftest import make_settings, open_client
 from tests.app.test_api import BOX, assert_error
 

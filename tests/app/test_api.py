@@ -1,3 +1,4 @@
+import functools
 import json
 import re
 from concurrent.futures import ThreadPoolExecutor
@@ -8,9 +9,10 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from app.main import create_app
-from benchmarks.stand_in import load_stand_in
+from app.service import load_service
 from tests.app.conftest import make_settings, open_client, png_bytes, wait_ready
 from tests.conftest import draw_face
+from tests.support.stand_in import stand_in_parts
 
 BOX = [60.0, 60.0, 200.0, 200.0]
 
@@ -252,7 +254,10 @@ def test_docs_page_and_its_assets_are_served_locally(client):
 
 
 def test_network_stand_in_keeps_the_response_shape_for_front_end_benchmarks(tiny_checkpoint, face_png):
-    app = create_app(make_settings(tiny_checkpoint), handle_signals=False, loader=load_stand_in)
+    settings = make_settings(tiny_checkpoint)
+    app = create_app(
+        settings, handle_signals=False, connect=functools.partial(load_service, parts=stand_in_parts(settings))
+    )
     with TestClient(app, raise_server_exceptions=False) as client:
         wait_ready(client)
         assert type(client.app.state.service.engine.net).__name__ == "StandInNet"

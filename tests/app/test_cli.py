@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 
 from app.cli import main
-from benchmarks.server import ROOT
 from model.artifacts import SHIPPED_CHECKPOINT
 from tests.app.conftest import open_client, png_bytes
 from tests.conftest import draw_face
+from tests.support.server import ROOT
 
 BOXES = "[[30, 30, 130, 130]]"
 

@@ -17,10 +17,10 @@ from PIL import Image, ImageOps
 from app.errors import ServiceError
 from app.forms import MAX_BOXES_TEXT, parse_boxes
 from app.imaging import PixelBudget, decode_image, orient_array
-from benchmarks.server import ROOT
 from model.render import draw_landmarks
 from tests.app.conftest import open_client, png_bytes
 from tests.conftest import draw_face, mean_face
+from tests.support.server import ROOT
 
 PORTRAIT = (ROOT / "tests" / "data" / "astronaut.jpg").read_bytes()
 DOCUMENTED = {200, 400, 413, 415, 422, 503, 504}

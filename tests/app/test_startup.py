@@ -8,7 +8,7 @@ import torch
 from fastapi.testclient import TestClient
 
 from app.main import _share_cores, create_app
-from model.artifacts import CheckpointError
+from app.startup import StartupError
 from model.checkpoint import save_checkpoint
 from model.network import build_model
 from tests.app.conftest import make_settings
@@ -19,7 +19,7 @@ def test_corrupt_checkpoint_refuses_to_start(tmp_path):
     bad = tmp_path / "bad.pt"
     bad.write_bytes(b"garbage")
     app = create_app(make_settings(bad), handle_signals=False)
-    with pytest.raises(CheckpointError, match="corrupt"), TestClient(app):
+    with pytest.raises(StartupError, match="^LANDMARKS_CHECKPOINT: .*corrupt"), TestClient(app):
         pass
 
 
@@ -27,7 +27,7 @@ def test_checkpoint_whose_weights_do_not_fit_refuses_to_start(tmp_path):
     config = tiny_config()
     path = tmp_path / "mismatch.pt"
     save_checkpoint(path, build_model(dataclasses.replace(config, dsc_width=16)), config)
-    with pytest.raises(CheckpointError, match="do not fit"), TestClient(create_app(make_settings(path))):
+    with pytest.raises(StartupError, match="do not fit"), TestClient(create_app(make_settings(path))):
         pass
 
 
@@ -70,7 +70,7 @@ def test_worker_processes_share_the_cores_between_their_thread_pools(tiny_checkp
 
 
 def test_a_bad_head_model_stops_the_start_with_one_line(tiny_checkpoint, tmp_path):
-    from app.main import startup_problem
+    from app.startup import startup_problem
 
     bad = tmp_path / "head.npz"
     bad.write_bytes(b"not numpy")
@@ -79,3 +79,42 @@ def test_a_bad_head_model_stops_the_start_with_one_line(tiny_checkpoint, tmp_pat
     assert problem.startswith("LANDMARKS_HEAD_MODEL: ")
     assert "none" in problem
     assert startup_problem(make_settings(tiny_checkpoint, head_model="none")) is None
+
+
+def test_the_server_path_reads_each_artefact_once(tiny_checkpoint, monkeypatch):
+    """Checked, loaded and served: the checkpoint, YuNet and the head model are each read from disk once, however
+    many threads detect faces."""
+    import collections
+    from pathlib import Path
+
+    import numpy as np
+
+    from model.detector import YUNET_PATH
+    from model.pose import DEFAULT_HEAD_MODEL
+    from tests.app.conftest import wait_ready
+
+    reads: collections.Counter[str] = collections.Counter()
+    names = {str(tiny_checkpoint): "checkpoint", str(YUNET_PATH): "yunet", str(DEFAULT_HEAD_MODEL): "head"}
+
+    def counting(fn):  # noqa: ANN001, ANN202
+        def wrapper(target, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+            reads[names.get(str(target), "other")] += 1
+            return fn(target, *args, **kwargs)
+
+        return wrapper
+
+    monkeypatch.setattr(torch, "load", counting(torch.load))
+    monkeypatch.setattr(np, "load", counting(np.load))
+    monkeypatch.setattr(Path, "read_bytes", counting(Path.read_bytes))
+    for name, value in {"CHECKPOINT": tiny_checkpoint, "DEVICE": "cpu", "WARMUP_BATCHES": 1,
+                        "PREPROCESS_THREADS": 2}.items():  # fmt: skip
+        monkeypatch.setenv(f"LANDMARKS_{name}", str(value))
+    photo = (Path(__file__).resolve().parents[1] / "data" / "astronaut.jpg").read_bytes()
+    reads.clear()
+    with TestClient(create_app(handle_signals=False)) as client:
+        wait_ready(client)
+        for _ in range(4):  # concurrent-enough requests: both pre-processing threads detect
+            assert client.post("/landmarks", files={"image": ("a.jpg", photo)}).status_code == 200
+    assert reads["checkpoint"] == 1
+    assert reads["yunet"] == 1
+    assert reads["head"] == 1

@@ -198,7 +198,7 @@ def test_query_strings_never_reach_the_server_log():
 def test_the_readmes_python_client_runs_against_a_live_server(tmp_path, capsys):
     import re
 
-    from benchmarks.server import ROOT, running_server
+    from tests.support.server import ROOT, running_server
 
     text = (ROOT / "README.md").read_text()
     block = re.search(r"```python\n(import json\n\nfrom websockets.*?)```", text, re.S)
@@ -209,3 +209,28 @@ def test_the_readmes_python_client_runs_against_a_live_server(tmp_path, capsys):
         exec(compile(code, "README.md", "exec"), {})  # noqa: S102 - our own README
     printed = capsys.readouterr().out.splitlines()
     assert [line.split()[:2] for line in printed] == [["0", "1"], ["1", "1"], ["2", "1"]]  # sequence, track id
+
+
+def test_no_frame_ever_gets_an_internal_error(tiny_checkpoint: Path):
+    """Truncated, corrupted and random frames: each gets an answer or a client error, never internal_error."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    frames = [ASTRONAUT[: len(ASTRONAUT) // k] for k in (2, 3, 10)] + [b"\xff\xd8\xff", b"RIFF\0\0\0\0WEBP", b"BM"]
+    for _ in range(6):
+        corrupt = bytearray(ASTRONAUT)
+        for i in rng.integers(100, len(corrupt), 40):
+            corrupt[int(i)] = int(rng.integers(0, 256))
+        frames.append(bytes(corrupt))
+    frames.append(rng.integers(0, 256, 5000, dtype=np.uint8).tobytes())
+    with open_client(tiny_checkpoint) as client, client.websocket_connect(ROUTE) as ws:
+        replies = []
+        for frame in frames:
+            ws.send_bytes(frame)
+            replies.append(ws.receive_json())
+        ws.send_bytes(ASTRONAUT)
+        last = ws.receive_json()
+    assert [r["sequence"] for r in replies] == list(range(len(frames)))
+    assert all(r.get("error") != "internal_error" for r in replies), replies
+    assert {r.get("error") for r in replies} - {None} <= {"unsupported_media_type", "validation_error"}
+    assert "faces" in last

@@ -5,8 +5,8 @@ import time
 
 from benchmarks.common import table, timeit
 from benchmarks.model_bench import flops_per_face, throughput
-from benchmarks.server import host_jiffies, process_tree, tree_cpu_seconds
 from tests.conftest import tiny_config
+from tests.support.server import host_jiffies, process_tree, tree_cpu_seconds
 
 
 def test_flops_are_counted_and_scale_with_input():

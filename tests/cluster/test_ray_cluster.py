@@ -20,7 +20,9 @@ from fastapi.testclient import TestClient
 
 from app.main import create_app
 from app.settings import Settings
-from benchmarks.ray_cluster import (
+from tests.app.conftest import png_bytes, wait_ready
+from tests.conftest import draw_face
+from tests.support.ray_cluster import (
     HEAD_IP,
     WORKER_IP,
     LocalCluster,
@@ -29,8 +31,6 @@ from benchmarks.ray_cluster import (
     loopback_config,
     ray_env,
 )
-from tests.app.conftest import png_bytes, wait_ready
-from tests.conftest import draw_face
 
 pytestmark = [
     pytest.mark.slow,

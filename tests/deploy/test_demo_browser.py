@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from benchmarks.server import ROOT, running_server
 from model.artifacts import SHIPPED_CHECKPOINT
+from tests.support.server import ROOT, running_server
 
 PORTRAIT = ROOT / "tests" / "data" / "astronaut.jpg"
 

@@ -12,8 +12,8 @@ import pytest
 import yaml
 
 from app.settings import Settings
-from benchmarks.server import ROOT
 from tests.app.conftest import open_client
+from tests.support.server import ROOT
 
 DOCKER = ROOT / "docker"
 METRIC = re.compile(r"\blandmarks_[a-z_]+\b")

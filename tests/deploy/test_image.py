@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks import images
-from benchmarks.server import ROOT
+from tests.support import images
+from tests.support.server import ROOT
 
 PORTRAIT = ROOT / "tests" / "data" / "astronaut.jpg"
 SKIP = images.podman_problem()

@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from app.settings import Settings
-from benchmarks.server import ROOT
+from tests.support.server import ROOT
 
 kubernetes_validate = pytest.importorskip("kubernetes_validate", reason="pip install -e .[dev]")
 BASE = ROOT / "kubernetes" / "base"

@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 import yaml
 
-from benchmarks.server import ROOT, free_port, http_status, running_server
 from tests.app.conftest import png_bytes
+from tests.support.server import ROOT, free_port, http_status, running_server
 
 P95 = "histogram_quantile(0.95, sum by (le) (rate(landmarks_request_duration_seconds_bucket[1m])))"
 

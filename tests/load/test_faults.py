@@ -22,8 +22,6 @@ import pytest
 import torch
 from PIL import Image
 
-from benchmarks.gpu_service_bench import READY_LINE, wait_for_workers
-from benchmarks.server import ROOT, free_port, http_status, running_server
 from model.artifacts import SHIPPED_CHECKPOINT
 from model.checkpoint import save_checkpoint
 from model.config import cpu
@@ -31,6 +29,7 @@ from model.network import build_model
 from tests.app.conftest import png_bytes
 from tests.conftest import tiny_config
 from tests.deploy.test_prometheus_live import post_image
+from tests.support.server import READY_LINE, ROOT, free_port, http_status, running_server, wait_for_workers
 
 IMAGE = png_bytes(np.full((96, 96, 3), 120, np.uint8))
 

@@ -14,12 +14,12 @@ import pytest
 pytest.importorskip("onnxruntime", reason="onnxruntime not installed (pip install -e .[dev])")
 pytest.importorskip("onnxscript", reason="onnxscript not installed (pip install -e .[dev])")
 
-from benchmarks.server import ROOT  # noqa: E402
 from model.artifacts import SHIPPED_CHECKPOINT, CheckpointError  # noqa: E402
 from model.checkpoint import load_for_inference  # noqa: E402
 from model.onnx_engine import OnnxEngine  # noqa: E402
 from model.pipeline import Pipeline, PipelineOptions, caller_faces  # noqa: E402
 from tests.conftest import SHARED_300W  # noqa: E402
+from tests.support.server import ROOT  # noqa: E402
 from training.export import MAX_POINT_PX, check_crops, export, max_difference  # noqa: E402
 
 PORTRAIT = ROOT / "tests" / "data" / "astronaut.jpg"
@@ -73,7 +73,8 @@ def test_the_service_on_onnxruntime_needs_no_torch_and_answers_like_torch(onnx_p
         + f"""
 import json
 from fastapi.testclient import TestClient
-from app.main import create_app, startup_problem
+from app.main import create_app
+from app.startup import startup_problem
 from app.settings import Settings
 settings = Settings(runtime="onnxruntime", onnx_model={str(onnx_path)!r}, warmup_batches=1)
 assert startup_problem(settings) is None, startup_problem(settings)

@@ -23,7 +23,7 @@ from typing import Any
 
 import yaml
 
-from benchmarks.server import ROOT, cpu_seconds, free_port
+from tests.support.server import ROOT, cpu_seconds, free_port
 
 CONFIG = ROOT / "cluster" / "serve.yaml"
 HEAD_IP = "127.0.0.2"

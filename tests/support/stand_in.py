@@ -1,6 +1,6 @@
 """The service with a zero-cost stand-in for the network, to measure everything around it (front-end benchmarks).
 
-    python -m benchmarks.stand_in --host 127.0.0.1 --port 8000     # like dsc-landmarks-serve, same LANDMARKS_*
+    python -m tests.support.stand_in --host 127.0.0.1 --port 8000     # like dsc-landmarks-serve, same LANDMARKS_*
 
 :class:`StandInNet` gives constant heatmaps of the checkpoint's output shape (68 x 32²); the engine around it is
 the real one (decode, inverse affine, confidence), and so is everything else in the service. Its landmarks are
@@ -9,13 +9,17 @@ meaningless: benchmarks only, never in the product's code path.
 
 from __future__ import annotations
 
+import functools
 import sys
 
 import torch
 from torch import Tensor, nn
 
-from app.main import run
+from app.batcher import inference_thread
+from app.main import create_app, read_settings, server_args, uvicorn_options
+from app.service import load_service
 from app.settings import Settings
+from app.startup import Parts, StartupError, load_parts
 from model.checkpoint import calibration_from_metadata, load_checkpoint
 from model.config import ModelConfig
 from model.inference import InferenceModel, prepare
@@ -45,5 +49,28 @@ def load_stand_in(settings: Settings) -> InferenceModel:
     return prepare(StandInNet(config), config, options, calibration_from_metadata(metadata), metadata)
 
 
+def stand_in_parts(settings: Settings) -> Parts:
+    """The service's parts (detector, head model, the checked settings) with the stand-in engine, loaded on the
+    inference thread that will run it."""
+    parts = load_parts(settings, runtime=False)
+    worker = inference_thread()
+    return Parts(worker.submit(load_stand_in, settings).result(), worker, parts.detector, parts.head)
+
+
+def main(argv: list[str]) -> None:
+    import uvicorn
+
+    args = server_args(argv)
+    settings = read_settings()
+    if settings.workers != 1:
+        sys.exit("the stand-in serves one process (LANDMARKS_WORKERS=1)")
+    try:
+        parts = stand_in_parts(settings)
+    except StartupError as exc:
+        sys.exit(f"cannot start: {exc}")
+    app = create_app(settings, connect=functools.partial(load_service, parts=parts))
+    uvicorn.run(app, **uvicorn_options(settings, args))
+
+
 if __name__ == "__main__":
-    run(sys.argv[1:], loader=load_stand_in)
+    main(sys.argv[1:])

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -14,7 +15,7 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -74,7 +75,7 @@ def http_status(url: str, timeout: float = 2.0) -> int:
 def running_server(
     checkpoint: Path, log_path: Path, module: str = "app.main", **settings: str
 ) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
-    """Start the server as ``dsc-landmarks-serve`` does (``module``: ``benchmarks.stand_in`` for the network
+    """Start the server as ``dsc-landmarks-serve`` does (``module``: ``tests.support.stand_in`` for the network
     stand-in); wait until /health/ready is 200; yield (base URL, process)."""
     port = free_port()
     env = {
@@ -108,3 +109,15 @@ def running_server(
             except subprocess.TimeoutExpired:
                 proc.kill()
         log.close()
+
+
+READY_LINE = re.compile(r"process \d+ ready \(warm-up")  # logged by each server process once it has warmed up
+
+
+def wait_for_workers(log: Path, workers: int, timeout_s: float) -> None:
+    """``/health/ready`` answers from the first worker that is up; wait until every worker has warmed up."""
+    deadline = time.monotonic() + timeout_s
+    while len(READY_LINE.findall(log.read_text(errors="replace"))) < workers:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"not all {workers} workers got ready:\n{log.read_text(errors='replace')[-3000:]}")
+        time.sleep(0.2)
