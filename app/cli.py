@@ -97,12 +97,10 @@ def unique(path: Path, taken: set[Path]) -> Path:
 def build_landmarker(settings: Settings, max_faces: int) -> Landmarker:
     """The library's :class:`model.Landmarker` with the service's ``LANDMARKS_*`` settings."""
     return Landmarker.load(
-        settings.model_file(),
-        settings.runtime,
+        engine=settings.engine_options(),
         options=settings.pipeline_options(),
         head_model=settings.head_model,
         max_faces=max_faces,
-        threads=settings.onnx_threads(),
     )
 
 

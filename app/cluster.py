@@ -56,7 +56,7 @@ from app.metrics import (
 from app.service import LandmarkService
 from app.settings import Settings
 from app.startup import Parts, StartupError, load_parts
-from model.pipeline import Crop, Engine, EngineCard, Landmarks
+from model.engine import Crop, Engine, EngineCard, Landmarks
 
 log = logging.getLogger("app.cluster")
 

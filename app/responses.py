@@ -9,7 +9,7 @@ from numpy.typing import NDArray
 
 from app.imaging import encode_png
 from app.schemas import Face, HeadPose, ImageInfo, LandmarksResponse, ModelInfo
-from model.pipeline import EngineInfo
+from model.engine import EngineInfo
 from model.pipeline import Face as PipelineFace
 from model.pose import PoseFit
 from model.render import draw_label, draw_landmarks, draw_pose_axes

@@ -23,20 +23,9 @@ from app.metrics import Metrics
 from app.responses import Prediction
 from app.settings import Settings
 from app.startup import Parts, load_parts
+from model.engine import Crop, Engine, EngineInfo, Image, Landmarks
 from model.geometry import Box
-from model.pipeline import (
-    Crop,
-    Detector,
-    Engine,
-    EngineInfo,
-    Image,
-    Landmarks,
-    Pipeline,
-    Steps,
-    box_problem,
-    caller_faces,
-    drive_async,
-)  # fmt: skip
+from model.pipeline import Detector, Pipeline, Steps, box_problem, caller_faces, drive_async
 from model.pose import HeadModel
 from model.tracking import Tracker
 

@@ -12,6 +12,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from model.artifacts import SHIPPED_CHECKPOINT, SHIPPED_ONNX
 from model.detector import DetectorOptions
+from model.engine import EngineOptions
 from model.pipeline import PipelineOptions
 from model.pose import DEFAULT_HEAD_MODEL
 
@@ -142,22 +143,25 @@ class Settings(BaseSettings):
     def cors_origin_list(self) -> list[str]:
         return [o.strip() for o in (self.cors_origins or "").split(",") if o.strip()]
 
-    def model_file(self) -> Path:
-        """The weights the runtime serves: the ONNX file on ONNX Runtime, else the checkpoint."""
-        return self.onnx_model if self.runtime == "onnxruntime" else self.checkpoint
-
-    def onnx_threads(self) -> int | None:
-        """ONNX Runtime's threads (``None`` on torch, which sets its own)."""
-        return self.torch_threads or self.core_share() if self.runtime == "onnxruntime" else None
-
-    def pipeline_options(self) -> PipelineOptions:
-        """The settings that decide how a photo becomes landmarks, as the pipeline's one options object."""
-        return PipelineOptions(
+    def engine_options(self) -> EngineOptions:
+        """The settings that decide how the network runs, as the engine's one options object: the weights of the
+        runtime (the ONNX file on ONNX Runtime, else the checkpoint) and ONNX Runtime's threads (torch sets its
+        own, :func:`app.main._share_cores`)."""
+        onnx = self.runtime == "onnxruntime"
+        return EngineOptions(
+            runtime="onnxruntime" if onnx else "torch",
+            weights=self.onnx_model if onnx else self.checkpoint,
             device=self.device,
             precision=self.precision,
             max_batch_size=self.max_batch_size,
             cuda_graphs=self.cuda_graphs,
             flip_test=self.flip_test,
+            threads=(self.torch_threads or self.core_share()) if onnx else None,
+        )
+
+    def pipeline_options(self) -> PipelineOptions:
+        """The settings that decide how a photo becomes faces and crops, as the pipeline's one options object."""
+        return PipelineOptions(
             second_pass=self.second_pass,
             align=self.align,
             detector=DetectorOptions(

@@ -18,9 +18,9 @@ from app.batcher import inference_thread
 from app.settings import Settings
 from model.artifacts import CheckpointError
 from model.detector import DetectorError, YuNetDetector
-from model.landmarker import load_engine as load_runtime_engine
-from model.pipeline import Engine
+from model.engine import Engine
 from model.pose import HeadModel
+from model.runtime import load_engine as load_runtime_engine
 
 
 class StartupError(Exception):
@@ -41,9 +41,7 @@ class Parts:
 def load_engine(settings: Settings) -> Engine:
     """The served model on its runtime: the checkpoint on torch (the settings' device, precision, batch size and
     graphs), or the exported ONNX file on ONNX Runtime's CPU provider (imported only then: no torch needed)."""
-    return load_runtime_engine(
-        settings.runtime, settings.model_file(), settings.pipeline_options(), settings.onnx_threads()
-    )
+    return load_runtime_engine(settings.engine_options())
 
 
 def listen_problem(host: str, port: int) -> str | None:

@@ -16,8 +16,8 @@ from typing import Any
 import numpy as np
 
 from benchmarks.common import table
-from model.checkpoint import load_for_inference
-from model.pipeline import PipelineOptions
+from model.engine import EngineOptions
+from model.inference import load_for_inference
 from training.datasets import load_samples
 from training.evaluate import REGIONS, report, run
 
@@ -28,13 +28,13 @@ SETS = {  # name: (format, root, labels, norm)
 
 
 def measure(checkpoint: Path) -> dict[str, Any]:
-    options = PipelineOptions(device="cpu", precision="fp32", max_batch_size=32, cuda_graphs=False)
+    options = EngineOptions(device="cpu", precision="fp32", max_batch_size=32, cuda_graphs=False)
     engine = load_for_inference(checkpoint, options)
     out: dict[str, Any] = {}
     for name, (fmt, root, labels, norm) in SETS.items():
         for split in ("val", "test") if name == "aflw2000" else ("val",):
             samples = load_samples(fmt, root, split, labels)
-            ev = run(engine, samples, "gt", options)
+            ev = run(engine, samples, "gt")
             gt = np.stack([s.points for s in ev.samples])
             res = report(ev, gt, fmt)
             block = next(v for v in res.values() if isinstance(v, dict) and "stage2" in v.get("box", {}))

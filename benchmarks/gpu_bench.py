@@ -22,12 +22,12 @@ import torch
 
 from benchmarks.common import publish, table
 from benchmarks.model_bench import flops_per_face
-from model.checkpoint import load_for_inference
 from model.config import preset
+from model.engine import EngineOptions
 from model.geometry import as_box, box_from_points
-from model.inference import InferenceModel, Precision, prepare
+from model.inference import InferenceModel, Precision, load_for_inference, prepare
 from model.network import build_model
-from model.pipeline import Framing, PipelineOptions, face_crop
+from model.pipeline import Framing, face_crop
 from training.datasets import load_image, load_samples
 from training.metrics import box_size, nme
 
@@ -60,7 +60,7 @@ def matmul_peak(dtype: torch.dtype, n: int = 8192) -> float:
 def engine(name: str, precision: Precision, graphs: bool, max_batch: int) -> InferenceModel:
     config = preset(name)
     torch.manual_seed(0)
-    options = PipelineOptions(device="cuda", precision=precision, cuda_graphs=graphs, max_batch_size=max_batch)
+    options = EngineOptions(device="cuda", precision=precision, cuda_graphs=graphs, max_batch_size=max_batch)
     return prepare(build_model(config), config, options)
 
 
@@ -124,8 +124,8 @@ def face_batch(data: Path, split: str, size: int) -> tuple[torch.Tensor, torch.T
 def equality(checkpoint: Path, precision: str, data: Path, split: str, batch: int = 37) -> list[object]:
     """NME of graphed vs eager on real faces, run in batches of ``batch`` (padded to 64 when graphed)."""
     mode = cast(Precision, precision)
-    eager = load_for_inference(checkpoint, PipelineOptions(device="cuda", precision=mode, cuda_graphs=False))
-    graphed = load_for_inference(checkpoint, PipelineOptions(device="cuda", precision=mode, max_batch_size=64))
+    eager = load_for_inference(checkpoint, EngineOptions(device="cuda", precision=mode, cuda_graphs=False))
+    graphed = load_for_inference(checkpoint, EngineOptions(device="cuda", precision=mode, max_batch_size=64))
     crops, inverse, truth = face_batch(data, split, eager.config.input_size)
     results = []
     for eng in (eager, graphed):

@@ -30,10 +30,10 @@ import numpy as np
 
 from benchmarks.common import machine, table
 from model.artifacts import SHIPPED_CHECKPOINT
-from model.checkpoint import load_for_inference
 from model.detector import YuNetDetector, match_detection
+from model.engine import EngineOptions
 from model.geometry import as_box, box_from_points
-from model.inference import InferenceModel
+from model.inference import InferenceModel, load_for_inference
 from model.pipeline import FaceBox, Pipeline, PipelineOptions, caller_faces
 from training.datasets import Sample, load_image, load_samples
 from training.metrics import NORMALISERS, nme, summarise
@@ -99,7 +99,7 @@ def dlib_points(predictor: Any, image: np.ndarray, rect: Any) -> np.ndarray:
 
 def our_points(engine: InferenceModel, image: np.ndarray, face: FaceBox) -> np.ndarray:
     """One face through the service's pipeline (a detected face gets the second pass, a given box does not)."""
-    pipeline = Pipeline(PipelineOptions(device="cpu", precision=engine.precision), engine.config.input_size)
+    pipeline = Pipeline(PipelineOptions(), engine.config.input_size)
     return pipeline.run(image, engine.infer, [face]).faces[0].landmarks.points
 
 
@@ -164,7 +164,7 @@ def main(args: argparse.Namespace) -> str:
 
     hog = dlib.get_frontal_face_detector()
     predictor = dlib.shape_predictor(str(dlib_model_path()))
-    engine = load_for_inference(args.checkpoint, PipelineOptions(device="cpu", precision=args.precision))
+    engine = load_for_inference(args.checkpoint, EngineOptions(device="cpu", precision=args.precision))
     yunet = YuNetDetector()
     rows = [r for name in SETS for r in compare(name, args.split, engine, predictor, hog, yunet)]
     lines = [

@@ -22,10 +22,9 @@ import numpy as np
 from benchmarks.common import machine, publish, table, timeit
 from benchmarks.service_bench import DATA, drive, write_bodies
 from model.artifacts import SHIPPED_CHECKPOINT, SHIPPED_ONNX
-from model.checkpoint import load_for_inference
-from model.inference import resolve_precision
+from model.engine import Engine, EngineOptions
+from model.inference import load_for_inference, resolve_precision
 from model.onnx_engine import OnnxEngine
-from model.pipeline import Engine, PipelineOptions
 from tests.support.server import running_server
 from training.datasets import load_samples
 from training.evaluate import run as run_pipeline
@@ -44,10 +43,10 @@ def engines(onnx: Path, int8: Path | None) -> dict[str, Engine]:
 
     auto = resolve_precision("auto", torch.device("cpu"))
     found: dict[str, Engine] = {
-        "torch fp32": load_for_inference(SHIPPED_CHECKPOINT, PipelineOptions(device="cpu", precision="fp32")),
+        "torch fp32": load_for_inference(SHIPPED_CHECKPOINT, EngineOptions(device="cpu", precision="fp32")),
     }
     if auto != "fp32":
-        found[f"torch {auto} (auto)"] = load_for_inference(SHIPPED_CHECKPOINT, PipelineOptions(device="cpu"))
+        found[f"torch {auto} (auto)"] = load_for_inference(SHIPPED_CHECKPOINT, EngineOptions(device="cpu"))
     found["onnxruntime fp32"] = OnnxEngine(onnx)
     if int8 is not None:
         found["onnxruntime int8 (convs)"] = OnnxEngine(int8)
@@ -73,8 +72,7 @@ def nme_rows(found: dict[str, Engine]) -> list[list[object]]:
         for _, fmt, root, labels, norm in SPLITS:
             for split in ("val", "test"):
                 samples = load_samples(fmt, root, split, labels)
-                options = PipelineOptions(device="cpu", max_batch_size=16)
-                points = run_pipeline(engine, samples, "gt", options).points
+                points = run_pipeline(engine, samples, "gt", batch_size=16).points
                 truth = np.stack([s.points for s in samples])
                 cells.append(f"{100 * float(nme(points, truth, NORMALISERS[norm](truth)).mean()):.3f}")
         rows.append(cells)

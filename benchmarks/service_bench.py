@@ -24,8 +24,8 @@ import torch
 
 from benchmarks.common import machine, table, timeit
 from model.artifacts import SHIPPED_CHECKPOINT
-from model.checkpoint import load_for_inference
-from model.pipeline import PipelineOptions
+from model.engine import EngineOptions
+from model.inference import load_for_inference
 from tests.support.server import running_server
 from training.datasets import read_aflw2000
 
@@ -135,7 +135,7 @@ def peak_rss_mb(pid: int) -> float:
 def raw_throughput(checkpoint: Path, precision: str, batch: int, device: str = "cpu", max_batch: int = 64) -> float:
     """Faces/s of the engine as the service runs it (CUDA graphs up to ``max_batch`` on CUDA, crops from host memory,
     results back on the host, which synchronises each call)."""
-    options = PipelineOptions(device=device, precision=precision, max_batch_size=max_batch)
+    options = EngineOptions(device=device, precision=precision, max_batch_size=max_batch)
     engine = load_for_inference(checkpoint, options)
     size = engine.config.input_size
     crops = torch.randint(0, 255, (batch, size, size, 3), dtype=torch.uint8)

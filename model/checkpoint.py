@@ -22,9 +22,7 @@ import torch
 from model.artifacts import CheckpointError
 from model.codec import CONFIDENCE_SCORE, Calibration
 from model.config import ModelConfig
-from model.inference import InferenceModel, prepare
 from model.network import LandmarkNet, build_model
-from model.pipeline import PipelineOptions
 
 FORMAT = "dsc-landmarks/1"
 log = logging.getLogger(__name__)
@@ -116,13 +114,3 @@ def calibration_from_metadata(metadata: dict[str, Any]) -> Calibration | None:
         )
         return None
     return Calibration(xs=tuple(raw["xs"]), ys=tuple(raw["ys"]))
-
-
-def load_for_inference(
-    path: str | Path, options: PipelineOptions | None = None, expected: ModelConfig | None = None
-) -> InferenceModel:
-    """Load a checkpoint for serving: eval mode, on the options' device and precision (defaults: CUDA when
-    available, its precision), calibration applied, CUDA graphs on CUDA when the options say so."""
-    net, config, metadata = load_checkpoint(path, expected)
-    calibration = calibration_from_metadata(metadata)
-    return prepare(net, config, options or PipelineOptions(), calibration, metadata)

@@ -10,18 +10,20 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
+from model.checkpoint import calibration_from_metadata, load_checkpoint
 from model.codec import Calibration, confidence, decode
 from model.config import ModelConfig
+from model.engine import Crop, EngineOptions, Landmarks, NamedModel, blank_crops
 from model.geometry import heatmap_to_crop
 from model.landmarks import MIRROR
 from model.network import Heatmaps, LandmarkNet, normalize_input, to_channels_last
-from model.pipeline import Crop, Landmarks, NamedModel, PipelineOptions, blank_crops
 
 Precision = Literal["fp32", "bf16", "fp16"]
 
@@ -56,7 +58,7 @@ def resolve_precision(precision: str, device: torch.device) -> Precision:
     return precision  # type: ignore[return-value]
 
 
-def resolve_runtime(options: PipelineOptions) -> tuple[torch.device, Precision]:
+def resolve_runtime(options: EngineOptions) -> tuple[torch.device, Precision]:
     """The device and precision the options ask for, checked against this machine (one place for both rules)."""
     device = resolve_device(options.device)
     return device, resolve_precision(options.precision, device)
@@ -305,7 +307,7 @@ def _average_with_flip(plain: Heatmaps, flipped: Heatmaps) -> Heatmaps:
 def prepare(
     net: nn.Module,
     config: ModelConfig,
-    options: PipelineOptions,
+    options: EngineOptions,
     calibration: Calibration | None = None,
     metadata: dict[str, Any] | None = None,
     channels_last: bool | None = None,
@@ -333,3 +335,12 @@ def prepare(
         cuda_graphs=options.cuda_graphs,
         max_batch_size=options.max_batch_size,
     )
+
+
+def load_for_inference(
+    path: str | Path, options: EngineOptions | None = None, expected: ModelConfig | None = None
+) -> InferenceModel:
+    """Load a checkpoint for serving: eval mode, on the options' device and precision (defaults: CUDA when
+    available, its precision), calibration applied, CUDA graphs on CUDA when the options say so."""
+    net, config, metadata = load_checkpoint(path, expected)
+    return prepare(net, config, options or EngineOptions(), calibration_from_metadata(metadata), metadata)

@@ -15,7 +15,6 @@ several photos through the network together.
 
 from __future__ import annotations
 
-import importlib.util
 import io
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import replace
@@ -26,11 +25,10 @@ import numpy as np
 from numpy.typing import NDArray
 from PIL import Image, ImageOps
 
-from model.artifacts import SHIPPED_CHECKPOINT, SHIPPED_ONNX
 from model.detector import YuNetDetector
+from model.engine import Engine, EngineOptions, Runtime
 from model.geometry import Box
 from model.pipeline import (
-    Engine,
     FaceBox,
     PhotoResult,
     Pipeline,
@@ -40,29 +38,11 @@ from model.pipeline import (
     drive,
 )  # fmt: skip
 from model.pose import DEFAULT_HEAD_MODEL, HeadModel
+from model.runtime import load_engine
 from model.tracking import Tracker, TrackOptions
 
-Runtime = Literal["auto", "torch", "onnxruntime"]
 Channels = Literal["rgb", "bgr"]
 ImageInput = str | Path | bytes | NDArray[np.uint8] | Image.Image
-
-
-def load_engine(
-    runtime: Runtime = "auto", weights: Path | None = None, options: PipelineOptions | None = None,
-    threads: int | None = None,
-) -> Engine:  # fmt: skip
-    """The network on its runtime: a checkpoint on torch (the options' device, precision, batch size, graphs), or
-    an exported ONNX file on ONNX Runtime's CPU provider (imported only then: no torch needed). ``auto``: torch
-    when it is installed, else ONNX Runtime. ``weights`` defaults to the shipped file of that runtime."""
-    if runtime == "auto":
-        runtime = "torch" if importlib.util.find_spec("torch") is not None else "onnxruntime"
-    if runtime == "onnxruntime":
-        from model.onnx_engine import OnnxEngine
-
-        return OnnxEngine(weights or SHIPPED_ONNX, threads=threads)
-    from model.checkpoint import load_for_inference
-
-    return load_for_inference(weights or SHIPPED_CHECKPOINT, options or PipelineOptions())
 
 
 def read_image(image: ImageInput, channels: Channels = "rgb") -> NDArray[np.uint8]:
@@ -91,10 +71,11 @@ def read_image(image: ImageInput, channels: Channels = "rgb") -> NDArray[np.uint
 class Landmarker:
     """An engine, a detector and a head model behind one call (module docstring). Build with :meth:`load`."""
 
-    def __init__(self, engine: Engine, pipeline: Pipeline, max_faces: int = 10) -> None:
+    def __init__(self, engine: Engine, pipeline: Pipeline, max_faces: int = 10, batch_size: int = 16) -> None:
         self.engine = engine
         self.pipeline = pipeline
         self.max_faces = max_faces
+        self.batch_size = batch_size  # faces per network call in many() and track()
 
     @classmethod
     def load(
@@ -103,21 +84,27 @@ class Landmarker:
         runtime: Runtime = "auto",
         device: str | None = None,
         options: PipelineOptions | None = None,
+        engine: EngineOptions | None = None,
         head_model: str | Path | None = DEFAULT_HEAD_MODEL,
         max_faces: int = 10,
-        threads: int | None = None,
     ) -> Landmarker:
         """The shipped checkpoint (or ``weights``: a checkpoint, or an ONNX file with ``runtime="onnxruntime"``)
         on ``device`` (default: CUDA when available), YuNet with the options' detector settings, and the 3D head
-        for pose (``head_model=None``: no pose). ``options`` default to the service's defaults; ``threads`` sets
-        ONNX Runtime's (torch keeps its own)."""
-        options = options or PipelineOptions()
+        for pose (``head_model=None``: no pose). ``engine`` sets everything else about the network (precision,
+        batch size, threads, ...; ``weights``, ``runtime`` and ``device`` override it); ``options`` how photos
+        become crops. Both default to the service's defaults."""
+        engine = engine or EngineOptions()
+        engine = replace(engine, runtime=runtime if runtime != "auto" else engine.runtime)
+        if weights is not None:
+            engine = replace(engine, weights=Path(weights))
         if device is not None:
-            options = replace(options, device=device)
-        engine = load_engine(runtime, None if weights is None else Path(weights), options, threads)
+            engine = replace(engine, device=device)
+        options = options or PipelineOptions()
+        loaded = load_engine(engine)
         head = None if head_model is None else HeadModel.load(Path(head_model))
         detector = YuNetDetector.from_options(options.detector)
-        return cls(engine, Pipeline(options, engine.config.input_size, detector, head), max_faces)
+        pipeline = Pipeline(options, loaded.config.input_size, detector, head)
+        return cls(loaded, pipeline, max_faces, engine.max_batch_size)
 
     def __call__(
         self, image: ImageInput, boxes: Sequence[Box] | None = None, channels: Channels = "rgb"
@@ -132,7 +119,7 @@ class Landmarker:
         boxes: Sequence[Sequence[Box] | None] | None = None,
         channels: Channels = "rgb",
     ) -> list[PhotoResult]:
-        """Several photos, their faces batched through the network together (``options.max_batch_size``)."""
+        """Several photos, their faces batched through the network together (``batch_size`` faces a call)."""
         if boxes is not None and len(boxes) != len(images):
             raise ValueError(f"{len(boxes)} box lists for {len(images)} images")
         photos: list[tuple[NDArray[np.uint8], list[FaceBox] | None]] = []
@@ -143,7 +130,7 @@ class Landmarker:
                 if problem:
                     raise ValueError(problem)
             photos.append((pixels, None if given is None else caller_faces(given)))
-        return self.pipeline.run_many(photos, self.engine.infer, self.pipeline.options.max_batch_size, self.max_faces)
+        return self.pipeline.run_many(photos, self.engine.infer, self.batch_size, self.max_faces)
 
     def track(
         self,

@@ -17,7 +17,7 @@ import numpy as np
 
 from model.artifacts import CheckpointError
 from model.config import ModelConfig
-from model.pipeline import Crop, Landmarks, NamedModel, blank_crops
+from model.engine import Crop, Landmarks, NamedModel, blank_crops
 
 METADATA_KEY = "dsc_landmarks"  # JSON: {"config", "metadata", "opset", "inputs", "outputs", "normalisation"}
 INPUTS = ("crops", "inverse")  # uint8 (N, S, S, 3) RGB; float32 (N, 2, 3) crop -> image

@@ -29,32 +29,26 @@ import math
 import time
 from collections.abc import Awaitable, Callable, Generator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import Literal
 
 import numpy as np
 from numpy.typing import NDArray
 
-from model.config import ModelConfig
 from model.detector import Detection, DetectorOptions
+from model.engine import Crop, Image, Landmarks
 from model.geometry import Box, crop_matrix, invert, line_roll, warp
 from model.landmarks import LEFT_EYE, RIGHT_EYE
 from model.pose import HeadModel, PoseFit, PoseOptions, estimate_pose
 
 Source = Literal["caller", "detector", "tracker"]  # tracker: framed from the last video frame (model.tracking)
-Image = NDArray[np.uint8]
 
 
 @dataclass(frozen=True)
 class PipelineOptions:
-    """Everything that decides how a photo becomes landmarks, built once (from the service's Settings or a
-    command line) and passed by name. Device and precision are resolved in one place,
-    :func:`model.inference.resolve_runtime`."""
+    """Everything that decides how a photo becomes faces and crops, built once (from the service's Settings or a
+    command line) and passed by name. How the network runs (device, precision, batch size, flip test) is the
+    engine's: :class:`model.engine.EngineOptions`."""
 
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
-    precision: str = "auto"  # auto | fp32 | bf16 | fp16
-    max_batch_size: int = 16  # faces per network forward (and the largest CUDA graph)
-    cuda_graphs: bool = True  # on CUDA only
-    flip_test: bool = False  # also run the mirrored crop and average the heatmaps (2x compute)
     second_pass: bool = True  # re-frame detected faces from their first-pass landmarks and run again
     align: bool = False  # rotate crops upright (detector: YuNet's eye line; second pass: the 68 points' eyes)
     detector: DetectorOptions = DetectorOptions()
@@ -78,24 +72,6 @@ class Framing:
 
     box: Box
     roll: float = 0.0
-
-
-@dataclass(frozen=True)
-class Crop:
-    """One face ready for the network: ``image`` (S, S, 3) uint8 RGB and ``inverse`` (2, 3) crop -> image."""
-
-    image: Image
-    inverse: NDArray[np.float64]
-
-
-@dataclass(frozen=True)
-class Landmarks:
-    """One face's result in image pixels: ``points`` (68, 2), ``confidence`` (68,) in [0, 1], and stage 1's
-    (H0) points when the engine was asked for them (evaluation)."""
-
-    points: NDArray[np.float64]
-    confidence: NDArray[np.float64]
-    coarse_points: NDArray[np.float64] | None = None
 
 
 @dataclass(frozen=True)
@@ -124,68 +100,6 @@ Steps = Generator[list[Crop], list[Landmarks], PhotoResult]
 
 
 Detector = Callable[[Image], list[Detection]]
-
-
-class NamedModel:
-    """Name and version of a served model from its metadata, one place for the defaults (both engines)."""
-
-    metadata: dict[str, Any]
-
-    @property
-    def name(self) -> str:
-        return str(self.metadata.get("name", "dsc-landmarks"))
-
-    @property
-    def version(self) -> str:
-        return str(self.metadata.get("version", "unknown"))
-
-
-def blank_crops(size: int, count: int) -> list[Crop]:
-    """``count`` black crops with an identity affine: what the engines warm up on."""
-    return [Crop(np.zeros((size, size, 3), np.uint8), np.eye(2, 3))] * count
-
-
-class EngineInfo(Protocol):
-    """What a served model is (its card, /v1/model and the metrics' labels), wherever it runs."""
-
-    @property
-    def config(self) -> ModelConfig: ...
-    @property
-    def device(self) -> object: ...
-    @property
-    def precision(self) -> str: ...
-    @property
-    def metadata(self) -> dict[str, Any]: ...
-    @property
-    def name(self) -> str: ...
-    @property
-    def version(self) -> str: ...
-
-
-class Engine(EngineInfo, Protocol):
-    """A network runtime the service and the CLI can serve: :class:`model.inference.InferenceModel` (torch) or
-    :class:`model.onnx_engine.OnnxEngine`."""
-
-    def infer(self, crops: list[Crop], with_coarse: bool = False) -> list[Landmarks]: ...
-    def warmup(self, batch_sizes: list[int]) -> None: ...
-
-
-@dataclass(frozen=True)
-class EngineCard:
-    """An engine's :class:`EngineInfo` as plain, picklable data: what a process that does not hold the network
-    (a cluster's ingress) knows about the one that does."""
-
-    config: ModelConfig
-    device: str
-    precision: str
-    metadata: dict[str, Any]
-    name: str
-    version: str
-
-    @classmethod
-    def of(cls, engine: EngineInfo) -> EngineCard:
-        return cls(engine.config, str(engine.device), engine.precision, dict(engine.metadata), engine.name,
-                   engine.version)  # fmt: skip
 
 
 MAX_BOX_FACTOR = 4  # a face box may overhang the photo (a tight close-up), not dwarf it

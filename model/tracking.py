@@ -33,8 +33,9 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 from numpy.typing import NDArray
 
+from model.engine import Image, Landmarks
 from model.geometry import Box
-from model.pipeline import Face, FaceBox, Image, Landmarks, PhotoResult, Pipeline, Steps, eye_roll, upright_box
+from model.pipeline import Face, FaceBox, PhotoResult, Pipeline, Steps, eye_roll, upright_box
 
 
 @dataclass(frozen=True)

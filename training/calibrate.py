@@ -28,10 +28,10 @@ import torch
 from scipy.optimize import isotonic_regression
 
 from model.artifacts import CheckpointError
-from model.checkpoint import load_checkpoint, load_for_inference, save_checkpoint
+from model.checkpoint import load_checkpoint, save_checkpoint
 from model.codec import CONFIDENCE_SCORE, Calibration
-from model.inference import InferenceModel
-from model.pipeline import PipelineOptions
+from model.engine import EngineOptions
+from model.inference import InferenceModel, load_for_inference
 from training.config import REPORT_ONLY_SPLITS
 from training.datasets import DataError, samples_from_spec
 from training.evaluate import run
@@ -118,7 +118,7 @@ def score_set(engine: InferenceModel, spec: str, tolerance: float) -> SetScores:
     if split in REPORT_ONLY_SPLITS:
         raise ValueError(f"{spec}: a calibration is fitted on val, never on a test split ({split!r})")
     samples = samples_from_spec(spec)
-    ev = run(engine, samples, "gt", PipelineOptions(device="cpu", precision="fp32", max_batch_size=32))
+    ev = run(engine, samples, "gt")
     gt = np.stack([s.points for s in ev.samples])
     errors = point_errors(ev.points, gt) / box_size(gt)[:, None]
     _, root, split, *_ = spec.split(":")
@@ -148,7 +148,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def main(args: argparse.Namespace) -> dict[str, Any]:
-    engine = load_for_inference(args.checkpoint, PipelineOptions(device="cpu", precision="fp32"))
+    engine = load_for_inference(args.checkpoint, EngineOptions(device="cpu", precision="fp32"))
     engine.calibration = None  # fit on the raw score
     sets = [score_set(engine, spec, args.tolerance) for spec in args.sets]
     raw = np.concatenate([s.raw for s in sets])

@@ -26,11 +26,12 @@ import numpy as np
 from tqdm import tqdm
 
 from model.artifacts import CheckpointError
-from model.checkpoint import load_for_inference
 from model.detector import YuNetDetector, match_detection
+from model.engine import Engine, EngineOptions, Landmarks
 from model.geometry import as_box, box_from_points
+from model.inference import load_for_inference
 from model.landmarks import GROUPS
-from model.pipeline import Engine, FaceBox, Landmarks, Pipeline, PipelineOptions, caller_faces
+from model.pipeline import FaceBox, Pipeline, PipelineOptions, caller_faces
 from model.pose import DEFAULT_HEAD_MODEL, HeadModel, PoseFit
 from model.render import draw_landmarks
 from training.datasets import W300_SUBSETS, DataError, Sample, load_image, load_samples
@@ -84,15 +85,20 @@ def find_faces(samples: list[Sample], boxes: str) -> tuple[list[Sample], list[Fa
 
 
 def run(
-    engine: Engine, samples: list[Sample], boxes: str, options: PipelineOptions, head: HeadModel | None = None
+    engine: Engine,
+    samples: list[Sample],
+    boxes: str,
+    options: PipelineOptions | None = None,
+    head: HeadModel | None = None,
+    batch_size: int = 32,
 ) -> Evaluation:
     """Predict every sample's face through :class:`model.pipeline.Pipeline`, as the service does: ``boxes`` ``gt``
-    or ``detector``; the options' second pass (detected faces only) and alignment apply as they do in service;
-    with ``head``, each face's head pose too."""
+    or ``detector``; the options' second pass (detected faces only) and alignment apply as they do in service
+    (default: the service's options); with ``head``, each face's head pose too; ``batch_size`` faces a call."""
     chosen, faces = find_faces(samples, boxes)
     if not chosen:
         raise DataError("no face to evaluate (the detector found none)")
-    pipeline = Pipeline(options, engine.config.input_size, head=head)
+    pipeline = Pipeline(options or PipelineOptions(), engine.config.input_size, head=head)
     infer = functools.partial(engine.infer, with_coarse=True)
     results: list[Landmarks] = []
     poses: list[PoseFit | None] = []
@@ -101,7 +107,7 @@ def run(
     for start in range(0, len(chosen), step):
         part = zip(chosen[start : start + step], faces[start : start + step], strict=True)
         photos = [(load_image(s.image), [f]) for s, f in part]
-        for photo in pipeline.run_many(photos, infer, options.max_batch_size):
+        for photo in pipeline.run_many(photos, infer, batch_size):
             results.append(photo.faces[0].landmarks)
             poses.append(photo.faces[0].pose)
         bar.update(len(photos))
@@ -211,6 +217,14 @@ def is_subset_block(value: object) -> bool:
 
 def write_markdown(path: Path, results: dict[str, Any], header: str) -> None:
     lines = [f"# {header}", ""]
+    if "batch_size" in results:  # where evaluation runs the engine unlike the service's defaults, it says so
+        lines += [
+            f"Engine: {results['resolved_precision']} (asked: {results['precision']}; the service's default is "
+            f"auto), batches of {results['batch_size']} (service: 16), eager (service: CUDA graphs on CUDA), flip "
+            f"test {'on' if results['flip_test'] else 'off'}; second pass {'on' if results['second_pass'] else 'off'} "
+            f"(detected faces only), align {'on' if results['aligned'] else 'off'}.",
+            "",
+        ]
     for label, res in results["label_sets"].items():
         lines += [
             f"## Labels: {label}",
@@ -356,22 +370,23 @@ def get_args_parser() -> argparse.ArgumentParser:
     return p
 
 
+def engine_options(args: argparse.Namespace) -> EngineOptions:
+    """The engine these flags describe. Unlike the service's defaults: fp32 unless ``--precision`` says otherwise,
+    batches of ``--batch-size`` (32), eager (no CUDA graphs); the report header records each."""
+    return EngineOptions(
+        weights=args.checkpoint, device=args.device, precision=args.precision, max_batch_size=args.batch_size,
+        cuda_graphs=False, flip_test=args.flip_test,
+    )  # fmt: skip
+
+
 def pipeline_options(args: argparse.Namespace) -> PipelineOptions:
-    """The options the service would run with to match these flags (eager: no CUDA graphs)."""
-    return PipelineOptions(
-        device=args.device,
-        precision=args.precision,
-        max_batch_size=args.batch_size,
-        cuda_graphs=False,
-        flip_test=args.flip_test,
-        second_pass=args.second_pass,
-        align=args.align,
-    )
+    """The pipeline these flags describe (second pass and alignment as the service's settings name them)."""
+    return PipelineOptions(second_pass=args.second_pass, align=args.align)
 
 
 def main(args: argparse.Namespace) -> dict[str, Any]:
     options = pipeline_options(args)
-    engine = load_for_inference(args.checkpoint, options)
+    engine = load_for_inference(args.checkpoint, engine_options(args))
     head = None if str(args.head_model).lower() == "none" else HeadModel.load(args.head_model)
     label_sets = (
         [args.labels]
@@ -385,6 +400,9 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         "split": args.split,
         "boxes": args.boxes,
         "precision": args.precision,
+        "resolved_precision": engine.precision,
+        "batch_size": args.batch_size,
+        "cuda_graphs": False,
         "flip_test": args.flip_test,
         "second_pass": args.second_pass,
         "aligned": args.align,
@@ -397,13 +415,13 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     for labels in label_sets:
         samples = load_samples(args.format, args.data, args.split, labels)
         if ev is None or args.boxes == "gt":  # GT boxes depend on the label set; detections do not
-            ev = run(engine, samples, args.boxes, options, head)
+            ev = run(engine, samples, args.boxes, options, head, args.batch_size)
         names = {s.name: s for s in samples}
         gt = np.stack([names[s.name].points for s in ev.samples])
         key = labels or "default"
         results["label_sets"][key] = report(ev, gt, args.format)
         if args.boxes == "detector":  # the same faces with ground-truth boxes, for the detector's cost
-            reference = run(engine, [names[s.name] for s in ev.samples], "gt", options)
+            reference = run(engine, [names[s.name] for s in ev.samples], "gt", options, batch_size=args.batch_size)
             results["label_sets"][key]["gt_boxes_same_faces"] = {
                 norm: summarise(nme(reference.points, gt, fn(gt))) for norm, fn in NORMALISERS.items()
             }

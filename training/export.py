@@ -21,12 +21,12 @@ import numpy as np
 import torch
 
 from model.artifacts import SHIPPED_CHECKPOINT, SHIPPED_ONNX, CheckpointError
-from model.checkpoint import load_for_inference
+from model.engine import Crop, EngineOptions
 from model.geometry import as_box, box_from_points
-from model.inference import ExportGraph, InferenceModel
+from model.inference import ExportGraph, InferenceModel, load_for_inference
 from model.network import PIXEL_MEAN, PIXEL_SCALE
 from model.onnx_engine import INPUTS, METADATA_KEY, OUTPUTS, OnnxEngine
-from model.pipeline import Crop, Framing, PipelineOptions, face_crop
+from model.pipeline import Framing, face_crop
 
 log = logging.getLogger("training.export")
 OPSET = 18
@@ -163,7 +163,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def main(args: argparse.Namespace) -> dict[str, float]:
-    engine = load_for_inference(args.checkpoint, PipelineOptions(device="cpu", precision="fp32", cuda_graphs=False))
+    engine = load_for_inference(args.checkpoint, EngineOptions(device="cpu", precision="fp32", cuda_graphs=False))
     out = args.out or (SHIPPED_ONNX if args.checkpoint == SHIPPED_CHECKPOINT else args.checkpoint.with_suffix(".onnx"))
     export(engine, out)
     diff = max_difference(engine, OnnxEngine(out), check_crops(engine.config.input_size, args.data))

@@ -144,13 +144,12 @@ def fit_correction(
 def predict(checkpoint: Path, *splits: list[Sample]) -> list[tuple[Array, Array]]:
     """The network's points and confidences for each list of samples with ground-truth boxes, as evaluation runs
     it (the checkpoint loaded once)."""
-    from model.checkpoint import load_for_inference
-    from model.pipeline import PipelineOptions
+    from model.engine import EngineOptions
+    from model.inference import load_for_inference
     from training.evaluate import run
 
-    options = PipelineOptions(device="auto", precision="fp32", max_batch_size=32, cuda_graphs=False)
-    engine = load_for_inference(checkpoint, options)
-    return [(ev.points, ev.confidence) for ev in (run(engine, samples, "gt", options) for samples in splits)]
+    engine = load_for_inference(checkpoint, EngineOptions(device="auto", precision="fp32", cuda_graphs=False))
+    return [(ev.points, ev.confidence) for ev in (run(engine, samples, "gt") for samples in splits)]
 
 
 def hopenet_mask(samples: list[Sample]) -> Array:

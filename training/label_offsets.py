@@ -152,8 +152,8 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def main(args: argparse.Namespace) -> dict[str, Array]:
-    from model.checkpoint import load_for_inference
-    from model.pipeline import PipelineOptions
+    from model.engine import EngineOptions
+    from model.inference import load_for_inference
     from training.config import REPORT_ONLY_SPLITS
     from training.datasets import samples_from_spec
     from training.evaluate import run
@@ -163,9 +163,8 @@ def main(args: argparse.Namespace) -> dict[str, Array]:
         if spec.split(":")[2:3] and (spec.split(":")[2] in REPORT_ONLY_SPLITS or spec.split(":")[2] == "val"):
             raise ValueError(f"--data {spec}: label offsets are estimated on training faces only")
         samples += samples_from_spec(spec)
-    options = PipelineOptions(device="auto", precision="fp32", max_batch_size=args.batch_size, cuda_graphs=False)
-    engine = load_for_inference(args.checkpoint, options)
-    ev = run(engine, samples, "gt", options)
+    engine = load_for_inference(args.checkpoint, EngineOptions(device="auto", precision="fp32", cuda_graphs=False))
+    ev = run(engine, samples, "gt", batch_size=args.batch_size)
     gt = np.stack([s.points for s in ev.samples])
     sources = [s.source for s in ev.samples]
     offsets = estimate(ev.points, gt, sources)

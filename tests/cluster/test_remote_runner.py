@@ -14,7 +14,7 @@ import yaml
 
 from app.batcher import BatchInfo
 from app.errors import ServiceError
-from model.pipeline import Crop, Landmarks
+from model.engine import Crop, Landmarks
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("ray") is None, reason="needs the cluster extra (ray[serve])")
 

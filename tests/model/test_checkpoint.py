@@ -4,18 +4,13 @@ import pytest
 import torch
 
 from model.artifacts import CheckpointError
-from model.checkpoint import (
-    calibration_from_metadata,
-    load_checkpoint,
-    load_for_inference,
-    save_checkpoint,
-)
+from model.checkpoint import calibration_from_metadata, load_checkpoint, save_checkpoint
 from model.codec import CONFIDENCE_SCORE
+from model.engine import EngineOptions
 from model.geometry import crop_matrix, invert
-from model.inference import CudaGraphs, bucket_for, bucket_sizes
+from model.inference import CudaGraphs, bucket_for, bucket_sizes, load_for_inference
 from model.landmarks import MIRROR
 from model.network import build_model
-from model.pipeline import PipelineOptions
 from tests.conftest import tiny_config
 
 
@@ -69,7 +64,7 @@ def test_load_for_inference_returns_image_space_points(tmp_path):
     path = tmp_path / "m.pt"
     calibration = {"xs": [0.0, 1.0], "ys": [0.0, 0.5], "score": CONFIDENCE_SCORE}
     save_checkpoint(path, build_model(config), config, {"calibration": calibration})
-    engine = load_for_inference(path, PipelineOptions(device="auto"))
+    engine = load_for_inference(path, EngineOptions(device="auto"))
     assert engine.device.type in ("cpu", "cuda")
     assert not engine.net.training
     box = [50.0, 60.0, 150.0, 170.0]
@@ -95,12 +90,12 @@ def test_bf16_channels_last_matches_fp32_closely(tmp_path):
     save_checkpoint(path, build_model(config), config)
     crops = torch.randint(0, 255, (2, config.input_size, config.input_size, 3), dtype=torch.uint8)
     inv = torch.eye(2, 3).expand(2, 2, 3)
-    fp32 = load_for_inference(path, PipelineOptions(device="cpu", precision="fp32"))(crops, inv)
-    bf16 = load_for_inference(path, PipelineOptions(device="cpu", precision="bf16"))(crops, inv)
+    fp32 = load_for_inference(path, EngineOptions(device="cpu", precision="fp32"))(crops, inv)
+    bf16 = load_for_inference(path, EngineOptions(device="cpu", precision="bf16"))(crops, inv)
     assert bf16.points.shape == fp32.points.shape
     assert torch.isfinite(bf16.points).all()
     with pytest.raises(ValueError, match="fp16"):
-        load_for_inference(path, PipelineOptions(device="cpu", precision="fp16"))
+        load_for_inference(path, EngineOptions(device="cpu", precision="fp16"))
 
 
 def test_flip_test_is_symmetric_for_a_symmetric_network_output(tmp_path):
@@ -109,7 +104,7 @@ def test_flip_test_is_symmetric_for_a_symmetric_network_output(tmp_path):
     path = tmp_path / "m.pt"
     torch.manual_seed(1)
     save_checkpoint(path, build_model(config), config)
-    engine = load_for_inference(path, PipelineOptions(device="cpu", flip_test=True))
+    engine = load_for_inference(path, EngineOptions(device="cpu", flip_test=True))
     crops = torch.randint(0, 255, (1, config.input_size, config.input_size, 3), dtype=torch.uint8)
     eye = torch.eye(2, 3)[None]
     a = engine(crops, eye).points[0]
@@ -136,8 +131,8 @@ def test_graph_buckets_are_powers_of_two_covering_the_batch_limit():
 
 
 def test_cuda_graphs_setting_falls_back_to_eager_off_cuda(tiny_checkpoint):
-    eager = load_for_inference(tiny_checkpoint, PipelineOptions(device="cpu"))
-    graphed = load_for_inference(tiny_checkpoint, PipelineOptions(device="cpu", cuda_graphs=True, max_batch_size=4))
+    eager = load_for_inference(tiny_checkpoint, EngineOptions(device="cpu"))
+    graphed = load_for_inference(tiny_checkpoint, EngineOptions(device="cpu", cuda_graphs=True, max_batch_size=4))
     assert not graphed.graphed
     crops = torch.randint(0, 255, (5, 64, 64, 3), dtype=torch.uint8)
     inverse = torch.eye(2, 3).expand(5, 2, 3)

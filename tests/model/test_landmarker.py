@@ -9,8 +9,8 @@ from PIL import Image
 
 import model
 from model.artifacts import SHIPPED_CHECKPOINT
+from model.engine import EngineOptions
 from model.landmarker import read_image
-from model.pipeline import PipelineOptions
 from tests.app.conftest import open_client, png_bytes
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -20,7 +20,7 @@ needs_checkpoint = pytest.mark.skipif(not SHIPPED_CHECKPOINT.is_file(), reason="
 
 @needs_checkpoint
 def test_landmarker_equals_the_service_on_the_portrait():
-    landmarker = model.Landmarker.load(options=PipelineOptions(device="cpu", precision="fp32"))
+    landmarker = model.Landmarker.load(engine=EngineOptions(device="cpu", precision="fp32"))
     result = landmarker(ASTRONAUT)
     with open_client(SHIPPED_CHECKPOINT, precision="fp32") as client:
         served = client.post("/landmarks", files={"image": ("a.jpg", ASTRONAUT.read_bytes())}).json()
@@ -63,7 +63,7 @@ def test_every_image_form_reads_to_the_same_pixels(tmp_path):
 
 
 def test_many_batches_photos_and_checks_its_boxes(tiny_checkpoint):
-    landmarker = model.Landmarker.load(tiny_checkpoint, options=PipelineOptions(device="cpu", precision="fp32"))
+    landmarker = model.Landmarker.load(tiny_checkpoint, engine=EngineOptions(device="cpu", precision="fp32"))
     image = np.asarray(Image.open(ASTRONAUT).convert("RGB"))
     box = [(150.0, 60.0, 330.0, 280.0)]
     results = landmarker.many([image, image], boxes=[box, box])

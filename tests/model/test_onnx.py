@@ -15,7 +15,8 @@ pytest.importorskip("onnxruntime", reason="onnxruntime not installed (pip instal
 pytest.importorskip("onnxscript", reason="onnxscript not installed (pip install -e .[dev])")
 
 from model.artifacts import SHIPPED_CHECKPOINT, CheckpointError  # noqa: E402
-from model.checkpoint import load_for_inference  # noqa: E402
+from model.engine import EngineOptions
+from model.inference import load_for_inference  # noqa: E402
 from model.onnx_engine import OnnxEngine  # noqa: E402
 from model.pipeline import Pipeline, PipelineOptions, caller_faces  # noqa: E402
 from tests.conftest import SHARED_300W  # noqa: E402
@@ -28,7 +29,7 @@ NO_TORCH = "import sys; sys.modules['torch'] = None  # any import of torch now f
 
 @pytest.fixture(scope="module")
 def torch_engine():
-    return load_for_inference(SHIPPED_CHECKPOINT, PipelineOptions(device="cpu", precision="fp32", cuda_graphs=False))
+    return load_for_inference(SHIPPED_CHECKPOINT, EngineOptions(device="cpu", precision="fp32", cuda_graphs=False))
 
 
 @pytest.fixture(scope="module")

@@ -4,9 +4,10 @@ import math
 import numpy as np
 import pytest
 
-from model.checkpoint import load_for_inference
 from model.detector import Detection
+from model.engine import EngineOptions
 from model.geometry import box_from_points, transform_points
+from model.inference import load_for_inference
 from model.landmarks import LEFT_EYE, RIGHT_EYE
 from model.pipeline import (
     Crop,
@@ -86,7 +87,7 @@ def tilted(box: tuple[float, float, float, float], roll: float, score: float = 0
 
 @pytest.fixture(scope="module")
 def engine(tiny_checkpoint):
-    return load_for_inference(tiny_checkpoint, PipelineOptions(device="cpu", precision="fp32"))
+    return load_for_inference(tiny_checkpoint, EngineOptions(device="cpu", precision="fp32"))
 
 
 @pytest.fixture(scope="module")
@@ -107,7 +108,7 @@ def recording(engine):
 
 def test_detected_faces_get_the_second_pass_framed_from_their_first_landmarks(engine, photo):
     detector = FakeDetector([tilted((40.0, 50.0, 200.0, 210.0), 0.0), tilted((10.0, 10.0, 60.0, 60.0), 0.0, 0.7)])
-    pipeline = Pipeline(PipelineOptions(device="cpu"), engine.config.input_size, detector)
+    pipeline = Pipeline(PipelineOptions(), engine.config.input_size, detector)
     infer, calls = recording(engine)
     result = pipeline.run(photo, infer, max_faces=10)
     assert [len(c) for c in calls] == [2, 2]  # first pass, then the second pass of both detected faces
@@ -122,7 +123,7 @@ def test_detected_faces_get_the_second_pass_framed_from_their_first_landmarks(en
 
 
 def test_caller_boxes_run_once_and_keep_their_box(engine, photo):
-    pipeline = Pipeline(PipelineOptions(device="cpu"), engine.config.input_size, FakeDetector([]))
+    pipeline = Pipeline(PipelineOptions(), engine.config.input_size, FakeDetector([]))
     infer, calls = recording(engine)
     boxes = [(40.0, 50.0, 200.0, 210.0)]
     result = pipeline.run(photo, infer, caller_faces(boxes))

@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 
 from model.detector import Detection
+from model.engine import Crop, Landmarks
 from model.geometry import box_from_points
-from model.pipeline import Crop, Landmarks, Pipeline, PipelineOptions, drive
+from model.pipeline import Pipeline, PipelineOptions, drive
 from model.tracking import OneEuroFilter, Tracker, TrackOptions, inside_fraction, iou
 from tests.conftest import mean_face
 

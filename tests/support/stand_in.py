@@ -45,7 +45,7 @@ class StandInNet(nn.Module):
 def load_stand_in(settings: Settings) -> InferenceModel:
     """The served checkpoint's engine (config, metadata, calibration, device) with the stand-in as its network."""
     _, config, metadata = load_checkpoint(settings.checkpoint)
-    options = settings.pipeline_options()
+    options = settings.engine_options()
     return prepare(StandInNet(config), config, options, calibration_from_metadata(metadata), metadata)
 
 

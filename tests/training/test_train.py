@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from model.checkpoint import load_for_inference
-from model.pipeline import PipelineOptions
+from model.engine import EngineOptions
+from model.inference import load_for_inference
 from tests.conftest import mean_face
 from tests.training.fixtures import make_aflw2000, make_pts_split
 from training import evaluate, train
@@ -70,7 +70,7 @@ def test_two_epoch_smoke_run_then_resume(tmp_path):
 
     run_train(config, "--resume", "--set", "epochs=3")
     assert [r["epoch"] for r in read_log(run_dir)] == [0, 1, 2]
-    engine = load_for_inference(run_dir / "best.pt", PipelineOptions(device="cpu"))
+    engine = load_for_inference(run_dir / "best.pt", EngineOptions(device="cpu"))
     assert engine.metadata["training"]["epochs_done"] >= 1
     assert "val_select" in engine.metadata["metrics"]
 
@@ -101,7 +101,7 @@ def test_two_training_sets_each_validated_and_selected_on_the_declared_criterion
     expected = (record["val_aflw_nme_box"] + 3 * record["val_w300_nme_inter_ocular"]) / 4
     assert record["val_select"] == pytest.approx(expected)
     assert {"val_aflw_nme_box_stage1", "val_w300_nme_inter_ocular_median"} <= set(record)
-    engine = load_for_inference(tmp_path / "run" / "best.pt", PipelineOptions(device="cpu"))
+    engine = load_for_inference(tmp_path / "run" / "best.pt", EngineOptions(device="cpu"))
     data = engine.metadata["training"]["data"]
     assert [d["name"] for d in data["train"]] == ["aflw", "w300"]
     assert data["select"] == {"aflw": 1.0, "w300": 3.0}
