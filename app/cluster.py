@@ -56,7 +56,7 @@ from app.metrics import (
 from app.service import LandmarkService
 from app.settings import Settings
 from app.startup import Parts, StartupError, load_parts
-from model.engine import Crop, Engine, EngineCard, Landmarks
+from model.engine import Crop, Engine, EngineCard, EngineOptions, Landmarks
 
 log = logging.getLogger("app.cluster")
 
@@ -180,7 +180,7 @@ class LandmarkModel:
     def describe(self) -> EngineCard:
         return EngineCard.of(self.engine)
 
-    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.0, batch_size_fn=_face_count)
+    @serve.batch(max_batch_size=EngineOptions.max_batch_size, batch_wait_timeout_s=0.0, batch_size_fn=_face_count)
     async def infer(self, requests: list[list[Crop]]) -> list[list[tuple[Landmarks, BatchInfo]]]:
         """Each call is one request's crops (at most the batch size); one forward runs them all."""
         crops = [crop for request in requests for crop in request]

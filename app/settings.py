@@ -5,16 +5,18 @@ from __future__ import annotations
 import importlib.util
 import os
 from pathlib import Path
-from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from model.artifacts import SHIPPED_CHECKPOINT, SHIPPED_ONNX
 from model.detector import DetectorOptions
-from model.engine import EngineOptions
+from model.engine import EngineOptions, PrecisionName, Runtime
 from model.pipeline import PipelineOptions
 from model.pose import DEFAULT_HEAD_MODEL
+
+# The defaults live on the options dataclasses; the settings take theirs.
+ENGINE, PIPELINE, DETECTOR = EngineOptions(), PipelineOptions(), DetectorOptions()
 
 
 class Settings(BaseSettings):
@@ -25,8 +27,8 @@ class Settings(BaseSettings):
         env_prefix="LANDMARKS_", env_ignore_empty=True, frozen=True, protected_namespaces=()
     )
 
-    runtime: Literal["auto", "torch", "onnxruntime"] = Field(
-        "auto",
+    runtime: Runtime = Field(
+        ENGINE.runtime,
         description="torch: serve LANDMARKS_CHECKPOINT; onnxruntime: serve LANDMARKS_ONNX_MODEL on the CPU; auto: "
         "torch when it is installed, else onnxruntime (the slim image)",
     )
@@ -34,11 +36,11 @@ class Settings(BaseSettings):
     onnx_model: Path = Field(
         SHIPPED_ONNX, description="exported model to serve (runtime onnxruntime; made by python -m training.export)"
     )
-    device: str = Field("auto", description="auto (CUDA when available, else CPU), cpu, cuda or cuda:N")
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
-        "auto", description="auto: fp16 on CUDA, bf16 on CPUs with native bf16 (AVX512-BF16/AMX), else fp32"
+    device: str = Field(ENGINE.device, description="auto (CUDA when available, else CPU), cpu, cuda or cuda:N")
+    precision: PrecisionName = Field(
+        ENGINE.precision, description="auto: fp16 on CUDA, bf16 on CPUs with native bf16 (AVX512-BF16/AMX), else fp32"
     )
-    max_batch_size: int = Field(16, ge=1, le=512, description="faces per network forward")
+    max_batch_size: int = Field(ENGINE.max_batch_size, ge=1, le=512, description="faces per network forward")
     max_wait_ms: float = Field(
         0.0,
         ge=0,
@@ -53,7 +55,7 @@ class Settings(BaseSettings):
     max_pixels_in_flight: int = Field(
         120_000_000, ge=64, description="decoded pixels of all requests at once before 503 busy (>= max_image_pixels)"
     )
-    max_faces: int = Field(10, ge=1, le=100, description="default and upper limit of faces per image")
+    max_faces: int = Field(PIPELINE.max_faces, ge=1, le=100, description="default and upper limit of faces per image")
     torch_threads: int | None = Field(
         None, ge=1, le=1024, description="torch intra-op threads (default: torch's; with workers > 1, cores / workers)"
     )
@@ -61,18 +63,27 @@ class Settings(BaseSettings):
         None, ge=1, le=1024, description="OpenCV threads inside one call (crop warp, YuNet); default: cores / workers"
     )
     preprocess_threads: int = Field(2, ge=1, le=64, description="threads for decode, detection and cropping")
-    detector_max_side: int = Field(640, ge=64, le=8192, description="images are downscaled to this for detection")
-    detector_score_threshold: float = Field(0.5, gt=0, lt=1, description="YuNet detections below this are dropped")
-    detector_nms_threshold: float = Field(0.3, gt=0, lt=1, description="YuNet's non-maximum suppression IoU")
+    detector_max_side: int = Field(
+        DETECTOR.max_side, ge=64, le=8192, description="images are downscaled to this for detection"
+    )
+    detector_score_threshold: float = Field(
+        DETECTOR.score_threshold, gt=0, lt=1, description="YuNet detections below this are dropped"
+    )
+    detector_nms_threshold: float = Field(
+        DETECTOR.nms_threshold, gt=0, lt=1, description="YuNet's non-maximum suppression IoU"
+    )
     detector_min_face_px: float = Field(
-        16.0, ge=1, description="faces smaller than this (shorter box side, original image pixels) are dropped"
+        DETECTOR.min_face_px,
+        ge=1,
+        description="faces smaller than this (shorter box side, original image pixels) are dropped",
     )
     second_pass: bool = Field(
-        True, description="re-crop detected faces from the first pass's landmarks and run again (caller boxes: never)"
+        PIPELINE.second_pass,
+        description="re-crop detected faces from the first pass's landmarks and run again (caller boxes: never)",
     )
-    flip_test: bool = Field(False, description="also run each face mirrored and average (2x compute)")
+    flip_test: bool = Field(ENGINE.flip_test, description="also run each face mirrored and average (2x compute)")
     align: bool = Field(
-        False,
+        PIPELINE.align,
         description="rotate detected faces' crops upright: the first on YuNet's eye line, the second pass on the "
         "first pass's eyes (caller boxes: never rotated)",
     )
@@ -82,7 +93,8 @@ class Settings(BaseSettings):
         "'none': no pose (every face's pose is null, pose_reason says so)",
     )
     cuda_graphs: bool = Field(
-        True, description="on CUDA, replay one captured CUDA graph per power-of-two batch size (ignored on CPU)"
+        ENGINE.cuda_graphs,
+        description="on CUDA, replay one captured CUDA graph per power-of-two batch size (ignored on CPU)",
     )
     workers: int = Field(
         1, ge=1, le=64, description="server processes, each with its model copy and batcher (dsc-landmarks-serve)"
@@ -162,6 +174,7 @@ class Settings(BaseSettings):
     def pipeline_options(self) -> PipelineOptions:
         """The settings that decide how a photo becomes faces and crops, as the pipeline's one options object."""
         return PipelineOptions(
+            max_faces=self.max_faces,
             second_pass=self.second_pass,
             align=self.align,
             detector=DetectorOptions(

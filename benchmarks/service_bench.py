@@ -24,7 +24,7 @@ import torch
 
 from benchmarks.common import machine, table, timeit
 from model.artifacts import SHIPPED_CHECKPOINT
-from model.engine import EngineOptions
+from model.engine import EngineOptions, PrecisionName
 from model.inference import load_for_inference
 from tests.support.server import running_server
 from training.datasets import read_aflw2000
@@ -132,7 +132,9 @@ def peak_rss_mb(pid: int) -> float:
     return float("nan")
 
 
-def raw_throughput(checkpoint: Path, precision: str, batch: int, device: str = "cpu", max_batch: int = 64) -> float:
+def raw_throughput(
+    checkpoint: Path, precision: PrecisionName, batch: int, device: str = "cpu", max_batch: int = 64
+) -> float:
     """Faces/s of the engine as the service runs it (CUDA graphs up to ``max_batch`` on CUDA, crops from host memory,
     results back on the host, which synchronises each call)."""
     options = EngineOptions(device=device, precision=precision, max_batch_size=max_batch)
@@ -146,7 +148,7 @@ def raw_throughput(checkpoint: Path, precision: str, batch: int, device: str = "
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", type=Path, default=SHIPPED_CHECKPOINT)
-    parser.add_argument("--precision", default="bf16")
+    parser.add_argument("--precision", default="bf16", choices=["auto", "fp32", "bf16", "fp16"])
     parser.add_argument("--clients", default="1,8,32")
     parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--out", type=Path)

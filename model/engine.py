@@ -15,6 +15,7 @@ from model.config import ModelConfig
 
 Image = NDArray[np.uint8]
 Runtime = Literal["auto", "torch", "onnxruntime"]
+PrecisionName = Literal["auto", "fp32", "bf16", "fp16"]
 
 
 @dataclass(frozen=True)
@@ -25,7 +26,7 @@ class EngineOptions:
     runtime: Runtime = "auto"  # auto: torch when it is installed, else ONNX Runtime
     weights: Path | None = None  # a checkpoint (torch) or an ONNX file; None: the shipped file of the runtime
     device: str = "auto"  # auto | cpu | cuda | cuda:N (torch)
-    precision: str = "auto"  # auto | fp32 | bf16 | fp16 (torch; ONNX Runtime runs fp32)
+    precision: PrecisionName = "auto"  # torch; ONNX Runtime runs fp32
     max_batch_size: int = 16  # faces per network forward (and the largest CUDA graph)
     cuda_graphs: bool = True  # on CUDA only
     flip_test: bool = False  # also run the mirrored crop and average the heatmaps (2x compute)

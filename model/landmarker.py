@@ -71,10 +71,9 @@ def read_image(image: ImageInput, channels: Channels = "rgb") -> NDArray[np.uint
 class Landmarker:
     """An engine, a detector and a head model behind one call (module docstring). Build with :meth:`load`."""
 
-    def __init__(self, engine: Engine, pipeline: Pipeline, max_faces: int = 10, batch_size: int = 16) -> None:
+    def __init__(self, engine: Engine, pipeline: Pipeline, batch_size: int = EngineOptions.max_batch_size) -> None:
         self.engine = engine
         self.pipeline = pipeline
-        self.max_faces = max_faces
         self.batch_size = batch_size  # faces per network call in many() and track()
 
     @classmethod
@@ -86,7 +85,7 @@ class Landmarker:
         options: PipelineOptions | None = None,
         engine: EngineOptions | None = None,
         head_model: str | Path | None = DEFAULT_HEAD_MODEL,
-        max_faces: int = 10,
+        max_faces: int | None = None,
     ) -> Landmarker:
         """The shipped checkpoint (or ``weights``: a checkpoint, or an ONNX file with ``runtime="onnxruntime"``)
         on ``device`` (default: CUDA when available), YuNet with the options' detector settings, and the 3D head
@@ -100,11 +99,13 @@ class Landmarker:
         if device is not None:
             engine = replace(engine, device=device)
         options = options or PipelineOptions()
+        if max_faces is not None:
+            options = replace(options, max_faces=max_faces)
         loaded = load_engine(engine)
         head = None if head_model is None else HeadModel.load(Path(head_model))
         detector = YuNetDetector.from_options(options.detector)
         pipeline = Pipeline(options, loaded.config.input_size, detector, head)
-        return cls(loaded, pipeline, max_faces, engine.max_batch_size)
+        return cls(loaded, pipeline, engine.max_batch_size)
 
     def __call__(
         self, image: ImageInput, boxes: Sequence[Box] | None = None, channels: Channels = "rgb"
@@ -130,7 +131,7 @@ class Landmarker:
                 if problem:
                     raise ValueError(problem)
             photos.append((pixels, None if given is None else caller_faces(given)))
-        return self.pipeline.run_many(photos, self.engine.infer, self.batch_size, self.max_faces)
+        return self.pipeline.run_many(photos, self.engine.infer, self.batch_size)
 
     def track(
         self,
@@ -146,7 +147,7 @@ class Landmarker:
         problem = options.problem()
         if problem:
             raise ValueError(problem)
-        tracker = Tracker(self.pipeline, options, self.max_faces)
+        tracker = Tracker(self.pipeline, options)
         stamps = iter(times) if times is not None else None
         for frame in frames:
             at = None if stamps is None else next(stamps)

@@ -53,6 +53,7 @@ class PipelineOptions:
     align: bool = False  # rotate crops upright (detector: YuNet's eye line; second pass: the 68 points' eyes)
     detector: DetectorOptions = DetectorOptions()
     pose: PoseOptions = PoseOptions()  # how head pose is fitted (with a head model) and when it is refused
+    max_faces: int = 10  # the detector's faces kept per photo, largest first (a call may ask for fewer)
 
 
 @dataclass(frozen=True)
@@ -217,11 +218,11 @@ class Pipeline:
             return None
         return estimate_pose(landmarks.points, landmarks.confidence, self.head, self.options.pose)
 
-    def detect(self, image: Image, max_faces: int) -> list[FaceBox]:
-        """The detector's faces, largest first, at most ``max_faces``."""
+    def detect(self, image: Image, max_faces: int | None = None) -> list[FaceBox]:
+        """The detector's faces, largest first, at most ``max_faces`` (default: the options')."""
         if self.detector is None:
             raise ValueError("this pipeline has no face detector: give the faces' boxes")
-        found = self.detector(image)[:max_faces]
+        found = self.detector(image)[: max_faces or self.options.max_faces]
         return [FaceBox(d.box, "detector", d.score, d.roll) for d in found]
 
     def framing(self, face: FaceBox) -> Framing:
@@ -231,7 +232,7 @@ class Pipeline:
     def crops(self, image: Image, framings: Sequence[Framing]) -> list[Crop]:
         return [face_crop(image, f, self.input_size) for f in framings]
 
-    def steps(self, image: Image, faces: Sequence[FaceBox] | None = None, max_faces: int = 10) -> Steps:
+    def steps(self, image: Image, faces: Sequence[FaceBox] | None = None, max_faces: int | None = None) -> Steps:
         """The whole path for one photo; ``faces`` ``None`` runs the detector. Yields crops, receives landmarks."""
         timings: dict[str, float] = {}
         if faces is None:
@@ -265,7 +266,7 @@ class Pipeline:
         return PhotoResult(faces_out, timings)
 
     def run(
-        self, image: Image, infer: Infer, faces: Sequence[FaceBox] | None = None, max_faces: int = 10
+        self, image: Image, infer: Infer, faces: Sequence[FaceBox] | None = None, max_faces: int | None = None
     ) -> PhotoResult:
         """One photo with a plain ``infer`` call."""
         return drive(self.steps(image, faces, max_faces), infer)
@@ -276,7 +277,7 @@ class Pipeline:
         infer: AsyncInfer,
         offload: Offload,
         faces: Sequence[FaceBox] | None = None,
-        max_faces: int = 10,
+        max_faces: int | None = None,
     ) -> PhotoResult:
         """One photo with an awaitable ``infer`` (the service's batcher); ``offload`` runs each CPU step
         (detection, cropping) somewhere other than the event loop."""
@@ -287,7 +288,7 @@ class Pipeline:
         photos: Sequence[tuple[Image, Sequence[FaceBox] | None]],
         infer: Infer,
         batch_size: int,
-        max_faces: int = 10,
+        max_faces: int | None = None,
     ) -> list[PhotoResult]:
         """Several photos with their faces' crops batched together (``batch_size`` faces per ``infer`` call):
         every photo's first pass, then every photo's second pass."""

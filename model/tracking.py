@@ -152,12 +152,16 @@ class Tracker:
 
     pipeline: Pipeline
     options: TrackOptions = TrackOptions()
-    max_faces: int = 10
+    max_faces: int | None = None  # default: the pipeline's options
     tracks: list[Track] = field(default_factory=list)
     frame: int = 0  # frames seen
     next_id: int = 1
     _last_detect: int = -(10**9)
     _detect_next: bool = True
+
+    @property
+    def limit(self) -> int:
+        return self.max_faces or self.pipeline.options.max_faces
 
     def detect_due(self) -> bool:
         return self._detect_next or not self.tracks or self.frame - self._last_detect >= self.options.detect_every
@@ -176,7 +180,7 @@ class Tracker:
         for i, track in enumerate(self.tracks):
             track.misses = 0 if i in taken else track.misses + 1
         self.tracks = [t for t in self.tracks if t.misses < 2]
-        return new[: max(0, self.max_faces - len(self.tracks))]
+        return new[: max(0, self.limit - len(self.tracks))]
 
     def steps(self, image: Image, t: float | None = None) -> Steps:
         """One frame (at ``t`` seconds; default ``frame / fps``): yields crops, receives their landmarks, returns
@@ -187,7 +191,7 @@ class Tracker:
         new: list[FaceBox] = []
         if self.detect_due():
             t0 = time.perf_counter()
-            new = self._match(self.pipeline.detect(image, self.max_faces))
+            new = self._match(self.pipeline.detect(image, self.limit))
             timings["detect"] = 1000 * (time.perf_counter() - t0)
             self._last_detect = self.frame
             self._detect_next = False
