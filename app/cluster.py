@@ -27,7 +27,6 @@ import signal
 import sys
 import time
 from collections.abc import Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, cast
 
@@ -45,6 +44,7 @@ from ray.util import metrics as ray_metrics
 
 from app.batcher import BatchInfo
 from app.errors import ServiceError, deadline_exceeded, draining, unavailable
+from app.host import ModelHost, share_cores, warmup_sizes
 from app.main import create_app
 from app.metrics import (
     LATENCY_BUCKETS,
@@ -151,21 +151,13 @@ class LandmarkModel:
     def __init__(self) -> None:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         settings = cluster_settings()
-        if settings.runtime == "torch" and settings.torch_threads:
-            import torch
-
-            torch.set_num_threads(settings.torch_threads)
+        share_cores(settings)
         try:
-            parts = load_parts(settings)  # each artefact once; the engine on the thread that runs it
+            self.host = ModelHost(load_parts(settings))  # each artefact once; the engine on the thread that runs it
         except StartupError as exc:
             raise RuntimeError(f"cannot start: {exc}") from None
-        if parts.engine is None or parts.worker is None:  # load_parts with the runtime loads both
-            raise RuntimeError("cannot start: no engine was loaded")
-        self._thread: ThreadPoolExecutor = parts.worker
-        self.engine: Engine = parts.engine
-        if settings.warmup_batches:
-            sizes = [1, settings.max_batch_size][: settings.warmup_batches]
-            self._thread.submit(self.engine.warmup, sizes).result()
+        self.engine: Engine = self.host.engine
+        self.host.warmup_now(warmup_sizes(settings))
         batching: Any = self.infer  # serve.batch's handle on this method (its limits come from the settings)
         batching.set_max_batch_size(settings.max_batch_size)
         batching.set_batch_wait_timeout_s(settings.max_wait_ms / 1000.0)
@@ -178,14 +170,14 @@ class LandmarkModel:
                  self.engine.precision)  # fmt: skip
 
     def describe(self) -> EngineCard:
-        return EngineCard.of(self.engine)
+        return self.host.card()
 
     @serve.batch(max_batch_size=EngineOptions.max_batch_size, batch_wait_timeout_s=0.0, batch_size_fn=_face_count)
     async def infer(self, requests: list[list[Crop]]) -> list[list[tuple[Landmarks, BatchInfo]]]:
         """Each call is one request's crops (at most the batch size); one forward runs them all."""
         crops = [crop for request in requests for crop in request]
         started = time.perf_counter()
-        landmarks = await asyncio.get_running_loop().run_in_executor(self._thread, self.engine.infer, crops)
+        landmarks = await self.host.infer(crops)
         elapsed = time.perf_counter() - started
         self.metrics.observe_batch(len(crops), elapsed, ())
         info = BatchInfo(len(crops), 0.0, elapsed)
@@ -196,7 +188,7 @@ class LandmarkModel:
         return answers
 
     def __del__(self) -> None:
-        self._thread.shutdown(wait=False)
+        self.host.close()
 
 
 # --- the ingress ----------------------------------------------------------------------------------------------

@@ -9,7 +9,7 @@ its protocol with:
 * a cap on the head's bytes (request line + headers) and on the number of headers: ``431 headers_too_large``;
 * protocol errors (malformed HTTP) answered in the service's JSON error shape instead of uvicorn's plain text.
 
-``dsc-landmarks-serve`` (:func:`app.main.run`) uses it; with the ``uvicorn`` command pass
+``dsc-landmarks-serve`` (:func:`app.server.run`) uses it; with the ``uvicorn`` command pass
 ``--http app.http:GuardedHttpToolsProtocol``. The limits come from the ``LANDMARKS_HEADER_*`` settings through
 the app's lifespan state (``head_limits``), so every worker process has them; without it, the defaults.
 """

@@ -1,4 +1,5 @@
-"""The FastAPI application: ``uvicorn app.main:app`` (or ``dsc-landmarks-serve``) serves the committed checkpoint.
+"""The FastAPI application: ``uvicorn app.main:app`` (or ``dsc-landmarks-serve``, :mod:`app.server`) serves the
+committed checkpoint.
 
 ``create_app(settings)`` builds an app; the model is loaded and checked in the lifespan (a bad checkpoint stops
 the start with a clear message), warmed up in the background (``/health/ready`` is 503 until then), and on
@@ -7,7 +8,6 @@ SIGTERM the service drains: ready turns 503, new requests get 503, queued faces 
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import functools
@@ -16,70 +16,26 @@ import math
 import os
 import signal
 import sys
-import tempfile
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
-from wsgiref.simple_server import WSGIServer
 
-import cv2
-from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
+from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.openapi.docs import get_swagger_ui_html
-from fastapi.openapi.utils import get_openapi
-from fastapi.responses import HTMLResponse, JSONResponse
-from fastapi.staticfiles import StaticFiles
-from prometheus_client import CollectorRegistry, multiprocess, start_http_server
 from pydantic import ValidationError
-from starlette.exceptions import HTTPException as StarletteHTTPException
-from swagger_ui_bundle import swagger_ui_path
 
 from app.access import AccessControl, KeyRing, RateLimiter, parse_keys
-from app.errors import ServiceError, error_response
+from app.docs import document_keys, install_docs
+from app.errors import install_handlers
+from app.host import share_cores
 from app.http import HeadLimits
-from app.metrics import Metrics
+from app.metrics import Metrics, serve_metrics
 from app.middleware import RequestContext, redact_server_logs
 from app.routes import landmarks, ops, stream
 from app.service import LandmarkService, ServiceFactory, load_service
 from app.settings import Settings
-from app.startup import StartupError, load_parts, startup_problem
+from app.startup import StartupError, load_parts
 
 log = logging.getLogger("app")
-
-
-def _error_response(
-    request: Request,
-    status: int,
-    code: str,
-    detail: str,
-    headers: dict[str, str] | None = None,
-    reason: str | None = None,
-) -> JSONResponse:
-    if status >= 400:
-        request.app.state.metrics.rejected.labels(reason or code).inc()
-    request.scope.setdefault("state", {})["error"] = code
-    return error_response(ServiceError(status, code, detail, headers))
-
-
-def _install_handlers(app: FastAPI) -> None:
-    @app.exception_handler(ServiceError)
-    async def service_error(request: Request, exc: ServiceError) -> JSONResponse:
-        return _error_response(request, exc.status, exc.code, exc.detail, exc.headers, exc.reason)
-
-    @app.exception_handler(RequestValidationError)
-    async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
-        return _error_response(request, 422, "validation_error", str(exc.errors()), reason="validation")
-
-    @app.exception_handler(StarletteHTTPException)
-    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-        return _error_response(request, exc.status_code, code, str(exc.detail), dict(exc.headers or {}))
-
-    @app.exception_handler(Exception)
-    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
-        log.exception("unhandled error on %s", request.url.path)
-        return _error_response(request, 500, "internal_error", "an unexpected error occurred; it has been logged")
 
 
 def _watch_sigterm(app: FastAPI, service: LandmarkService) -> None:
@@ -109,23 +65,12 @@ def _watch_sigterm(app: FastAPI, service: LandmarkService) -> None:
         log.debug("SIGTERM drain handler not installed")
 
 
-def _share_cores(settings: Settings) -> None:
-    """Thread pools inside torch and OpenCV: one process may use every core; LANDMARKS_WORKERS processes share
-    them (each one's pools default to cores / workers, so 16 workers do not start 16 x 16 spinning threads)."""
-    share = settings.core_share()
-    if settings.runtime == "torch" and (settings.torch_threads or settings.workers > 1):
-        import torch  # the onnxruntime service has no torch; ONNX Runtime's threads are set on its session
-
-        torch.set_num_threads(settings.torch_threads or share)
-    cv2.setNumThreads(settings.opencv_threads or share)
-
-
 @contextlib.asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
     settings: Settings = app.state.settings
     metrics: Metrics = app.state.metrics
     log.info("settings: %s", settings.model_dump_json())
-    _share_cores(settings)
+    share_cores(settings)
     # Load and check the checkpoint now: a missing, corrupt or mismatched file stops the start right here.
     service: LandmarkService = await app.state.connect(settings, metrics)
     engine = service.engine
@@ -143,7 +88,11 @@ async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
     if app.state.handle_signals:
         _watch_sigterm(app, service)
     # One process: the metrics port is served from here; several workers: by dsc-landmarks-serve's supervisor.
-    exporter = serve_metrics(settings, metrics.registry) if metrics.multiprocess_dir is None else None
+    exporter = (
+        serve_metrics(settings.metrics_port, settings.metrics_host, metrics.registry)
+        if metrics.multiprocess_dir is None
+        else None
+    )
     try:
         limits = HeadLimits(settings.header_timeout_s, settings.max_header_bytes, settings.max_headers)
         yield {"head_limits": limits}  # lifespan state: the connection guards of every worker read it
@@ -156,21 +105,6 @@ async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
         if not service.draining:
             await service.stop()
         metrics.process_exited(os.getpid())
-
-
-def _install_docs(app: FastAPI) -> None:
-    """``/docs``: Swagger UI from the ``swagger-ui-bundle-v2`` package, so it works offline and behind firewalls."""
-    app.mount("/docs/assets", StaticFiles(directory=swagger_ui_path), name="docs-assets")
-
-    @app.get("/docs", include_in_schema=False)
-    async def docs() -> HTMLResponse:
-        return get_swagger_ui_html(
-            openapi_url=app.openapi_url or "/openapi.json",
-            title=f"{app.title} — API",
-            swagger_js_url="/docs/assets/swagger-ui-bundle.js",
-            swagger_css_url="/docs/assets/swagger-ui.css",
-            swagger_favicon_url="/docs/assets/favicon-32x32.png",
-        )
 
 
 def read_settings() -> Settings:
@@ -224,8 +158,8 @@ def create_app(
     app.include_router(landmarks.router)
     app.include_router(ops.router)
     app.include_router(stream.router)
-    _install_docs(app)
-    _install_handlers(app)
+    install_docs(app)
+    install_handlers(app)
     _install_access(app, settings, metrics)
     app.add_middleware(RequestContext, metrics=metrics)  # outermost: times and logs every answer, refusals too
     return app
@@ -241,7 +175,7 @@ def _install_access(app: FastAPI, settings: Settings, metrics: Metrics) -> None:
     if keys is not None or limiter is not None:
         app.add_middleware(AccessControl, keys=keys, limiter=limiter, metrics=metrics)
     if keys is not None:
-        _document_keys(app)
+        document_keys(app)
     origins = settings.cors_origin_list()
     if origins:
         app.add_middleware(
@@ -252,32 +186,6 @@ def _install_access(app: FastAPI, settings: Settings, metrics: Metrics) -> None:
             expose_headers=["X-Request-ID", "Retry-After"],
             max_age=600,
         )
-
-
-def _document_keys(app: FastAPI) -> None:
-    """/docs gets an Authorize button: the schema declares both ways of sending a key."""
-
-    def openapi() -> dict[str, Any]:
-        if app.openapi_schema is None:
-            schema = get_openapi(title=app.title, version=app.version, summary=app.summary, routes=app.routes)
-            schema.setdefault("components", {})["securitySchemes"] = {
-                "bearer": {"type": "http", "scheme": "bearer"},
-                "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
-            }
-            schema["security"] = [{"bearer": []}, {"apiKey": []}]
-            app.openapi_schema = schema
-        return app.openapi_schema
-
-    app.openapi = openapi  # type: ignore[method-assign]
-
-
-def serve_metrics(settings: Settings, registry: CollectorRegistry) -> WSGIServer | None:
-    """``/metrics`` on ``LANDMARKS_METRICS_PORT`` (a thread of this process), when set."""
-    if settings.metrics_port is None:
-        return None
-    server, _ = start_http_server(settings.metrics_port, settings.metrics_host, registry)
-    log.info("metrics on http://%s:%d/metrics", settings.metrics_host, settings.metrics_port)
-    return server
 
 
 def _configure_logging() -> None:
@@ -291,59 +199,3 @@ def __getattr__(name: str) -> Any:
         _configure_logging()
         return create_app()
     raise AttributeError(name)
-
-
-def server_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description="serve the landmark API")
-    parser.add_argument("--host", default="0.0.0.0")
-    parser.add_argument("--port", type=int, default=8000)
-    parser.add_argument("--timeout-graceful-shutdown", type=float, default=30.0, help="after the drain, seconds")
-    return parser.parse_args(argv)
-
-
-def uvicorn_options(settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
-    """How uvicorn serves the app: the connection guards of :mod:`app.http`, keep-alive, graceful shutdown."""
-    from app.http import GuardedHttpToolsProtocol
-
-    return {
-        "host": args.host,
-        "port": args.port,
-        "http": GuardedHttpToolsProtocol,
-        "timeout_keep_alive": settings.keep_alive_s,
-        "access_log": False,  # app.access writes one structured line per request; uvicorn's would be a second
-        "timeout_graceful_shutdown": args.timeout_graceful_shutdown,
-        # /landmarks/stream answers a frame over LANDMARKS_MAX_UPLOAD_BYTES with an error message; only a message
-        # past this protocol limit closes the stream (1009)
-        "ws_max_size": max(16 * 1024 * 1024, 2 * settings.max_upload_bytes),
-    }
-
-
-def run(argv: list[str] | None = None) -> None:
-    """Console script: ``dsc-landmarks-serve [--host H] [--port P]`` — uvicorn with the connection guards of
-    :mod:`app.http`, and ``LANDMARKS_WORKERS`` processes (each with its model copy and batcher; metrics in
-    prometheus_client's multi-process mode, summed over the workers)."""
-    import uvicorn
-
-    args = server_args(argv)
-    settings = read_settings()
-    common = uvicorn_options(settings, args)
-    if settings.workers == 1:
-        uvicorn.run(create_app(), **common)  # loads each artefact once, before uvicorn serves
-        return
-    problem = startup_problem(settings)  # the supervisor only checks: each worker process loads its own
-    if problem:
-        sys.exit(f"cannot start: {problem}")
-    folder = Path(os.environ.get("PROMETHEUS_MULTIPROC_DIR") or tempfile.mkdtemp(prefix="dsc-landmarks-metrics-"))
-    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(folder)  # the spawned workers inherit it
-    folder.mkdir(parents=True, exist_ok=True)
-    for stale in folder.glob("*.db"):  # values of an earlier run would be summed in
-        stale.unlink()
-    if settings.metrics_port is not None:  # the workers share files; this supervisor serves their sum
-        registry = CollectorRegistry()
-        multiprocess.MultiProcessCollector(registry, path=str(folder))
-        serve_metrics(settings, registry)
-    uvicorn.run("app.main:create_app", factory=True, workers=settings.workers, **common)
-
-
-if __name__ == "__main__":
-    run()

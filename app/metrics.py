@@ -8,10 +8,20 @@ every live worker is).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from typing import Any, Protocol
+from wsgiref.simple_server import WSGIServer
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+    start_http_server,
+)  # fmt: skip
 
 # From 2.5 ms (a GPU batch) to 30 s (a loaded CPU): one set of buckets serves both.
 LATENCY_BUCKETS = (
@@ -127,3 +137,12 @@ class Metrics:
         """Drop a worker's live gauges when it exits."""
         if self.multiprocess_dir is not None:
             multiprocess.mark_process_dead(pid, path=self.multiprocess_dir)
+
+
+def serve_metrics(port: int | None, host: str, registry: CollectorRegistry) -> WSGIServer | None:
+    """``/metrics`` on ``LANDMARKS_METRICS_PORT`` (a thread of this process), when set."""
+    if port is None:
+        return None
+    server, _ = start_http_server(port, host, registry)
+    logging.getLogger("app").info("metrics on http://%s:%d/metrics", host, port)
+    return server

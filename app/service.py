@@ -16,6 +16,7 @@ from typing import Protocol, TypeVar
 
 from app.batcher import Batcher, BatchInfo
 from app.errors import ServiceError
+from app.host import ModelHost, warmup_sizes
 from app.imaging import PixelBudget, decode_image
 from app.lifecycle import Lifecycle
 from app.memory import malloc_trim, return_memory_when_idle
@@ -23,7 +24,7 @@ from app.metrics import Metrics
 from app.responses import Prediction
 from app.settings import Settings
 from app.startup import Parts, load_parts
-from model.engine import Crop, Engine, EngineInfo, Image, Landmarks
+from model.engine import Crop, EngineInfo, Image, Landmarks
 from model.geometry import Box
 from model.pipeline import Detector, Pipeline, Steps, box_problem, caller_faces, drive_async
 from model.pose import HeadModel
@@ -46,19 +47,17 @@ class FaceRunner(Protocol):
 
 
 class LocalRunner:
-    """This process's runner: the batcher in front of the engine, on the inference thread that loaded it."""
+    """This process's runner: the batcher in front of the model host (the engine on the thread that loaded it)."""
 
-    def __init__(
-        self, engine: Engine, settings: Settings, metrics: Metrics, worker: ThreadPoolExecutor | None = None
-    ) -> None:
-        self.engine = engine
+    def __init__(self, host: ModelHost, settings: Settings, metrics: Metrics) -> None:
+        self.host = host
         self.batcher: Batcher[Crop, Landmarks] = Batcher(
-            engine.infer,
+            host.engine.infer,
             settings.max_batch_size,
             settings.max_wait_ms / 1000.0,
             settings.queue_size,
             on_batch=metrics.observe_batch,
-            worker=worker,
+            worker=host.worker,
             on_depth=metrics.queue_depth.set,
         )
 
@@ -66,7 +65,7 @@ class LocalRunner:
         self.batcher.start()
 
     async def warmup(self, batch_sizes: list[int]) -> None:
-        await self.batcher.call_in_worker(lambda: self.engine.warmup(batch_sizes))
+        await self.host.warmup(batch_sizes)
 
     def submit(self, crops: Sequence[Crop], deadline: float) -> Awaitable[list[tuple[Landmarks, BatchInfo]]]:
         return self.batcher.submit(crops, deadline)
@@ -104,9 +103,7 @@ class LandmarkService:
         """Start the runner and warm the model up (on its own thread); then report ready."""
         self.runner.start()
         began = time.perf_counter()
-        sizes = [1, self.settings.max_batch_size][: self.settings.warmup_batches]
-        if sizes:
-            await self.runner.warmup(sizes)
+        await self.runner.warmup(warmup_sizes(self.settings))
         trim = malloc_trim()
         if trim is not None:
             await asyncio.to_thread(trim)  # what loading and warming up freed; the loop keeps answering probes
@@ -193,10 +190,9 @@ async def load_service(settings: Settings, metrics: Metrics, parts: Parts | None
     loaded now (each artefact once; the engine on the inference thread that will run it)."""
     if parts is None:
         parts = await asyncio.get_running_loop().run_in_executor(None, load_parts, settings)
-    if parts.engine is None or parts.worker is None:
-        raise ValueError("a local service needs parts loaded with their engine (runtime=True)")
-    runner = LocalRunner(parts.engine, settings, metrics, parts.worker)
-    return LandmarkService(settings, parts.engine, runner, parts.detector, parts.head, metrics)
+    host = ModelHost(parts)
+    return LandmarkService(settings, host.engine, LocalRunner(host, settings, metrics), parts.detector, parts.head,
+                           metrics)  # fmt: skip
 
 
 def check_boxes(boxes: list[Box], width: int, height: int) -> None:

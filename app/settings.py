@@ -158,7 +158,7 @@ class Settings(BaseSettings):
     def engine_options(self) -> EngineOptions:
         """The settings that decide how the network runs, as the engine's one options object: the weights of the
         runtime (the ONNX file on ONNX Runtime, else the checkpoint) and ONNX Runtime's threads (torch sets its
-        own, :func:`app.main._share_cores`)."""
+        own, :func:`app.host.share_cores`)."""
         onnx = self.runtime == "onnxruntime"
         return EngineOptions(
             runtime="onnxruntime" if onnx else "torch",

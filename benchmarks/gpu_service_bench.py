@@ -3,7 +3,7 @@ the raw model's throughput measured in the same run, with the host's CPU use tha
 
     python -m benchmarks.gpu_service_bench --out benchmarks/results/gpu_service_<card>.md [--workers 1,4,8,14]
 
-Each worker count starts the real service (``python -m app.main``, the shipped checkpoint, CUDA graphs, fp16 by
+Each worker count starts the real service (``python -m app.server``, the shipped checkpoint, CUDA graphs, fp16 by
 default, ``--max-batch`` faces per forward) and waits until every worker has finished its start-up. The load is
 wrk on the same host (``--wrk`` names the binary), cycling 64 AFLW2000-3D val photos (``--photos``, a folder in that
 dataset's format) with caller boxes: decode + crop + one pass, the path a GPU host is sized for. The largest worker

@@ -7,7 +7,8 @@ import pytest
 import torch
 from fastapi.testclient import TestClient
 
-from app.main import _share_cores, create_app
+from app.host import share_cores
+from app.main import create_app
 from app.startup import StartupError
 from model.checkpoint import save_checkpoint
 from model.network import build_model
@@ -57,12 +58,12 @@ def test_worker_processes_share_the_cores_between_their_thread_pools(tiny_checkp
     before = torch.get_num_threads(), cv2.getNumThreads()
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)))
     try:
-        _share_cores(make_settings(tiny_checkpoint, workers=4))
+        share_cores(make_settings(tiny_checkpoint, workers=4))
         assert (torch.get_num_threads(), cv2.getNumThreads()) == (2, 2)  # 8 cores / 4 workers
-        _share_cores(make_settings(tiny_checkpoint, workers=4, torch_threads=1, opencv_threads=3))
+        share_cores(make_settings(tiny_checkpoint, workers=4, torch_threads=1, opencv_threads=3))
         assert (torch.get_num_threads(), cv2.getNumThreads()) == (1, 3)  # explicit settings win
         torch.set_num_threads(5)
-        _share_cores(make_settings(tiny_checkpoint))
+        share_cores(make_settings(tiny_checkpoint))
         assert (torch.get_num_threads(), cv2.getNumThreads()) == (5, 8)  # one worker: torch's own default stays
     finally:
         torch.set_num_threads(before[0])

@@ -1,4 +1,4 @@
-"""Run the real service (``python -m app.main`` in a subprocess) on a free loopback port, for the benchmarks and
+"""Run the real service (``python -m app.server`` in a subprocess) on a free loopback port, for the benchmarks and
 the integration tests. Only the standard library: the benchmarks talk to the service over HTTP, never import it."""
 
 from __future__ import annotations
@@ -73,7 +73,7 @@ def http_status(url: str, timeout: float = 2.0) -> int:
 
 @contextlib.contextmanager
 def running_server(
-    checkpoint: Path, log_path: Path, module: str = "app.main", **settings: str
+    checkpoint: Path, log_path: Path, module: str = "app.server", **settings: str
 ) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
     """Start the server as ``dsc-landmarks-serve`` does (``module``: ``tests.support.stand_in`` for the network
     stand-in); wait until /health/ready is 200; yield (base URL, process)."""

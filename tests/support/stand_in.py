@@ -16,7 +16,8 @@ import torch
 from torch import Tensor, nn
 
 from app.batcher import inference_thread
-from app.main import create_app, read_settings, server_args, uvicorn_options
+from app.main import create_app, read_settings
+from app.server import server_args, uvicorn_options
 from app.service import load_service
 from app.settings import Settings
 from app.startup import Parts, StartupError, load_parts
