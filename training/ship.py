@@ -312,7 +312,7 @@ DEVIATIONS = (
     ("rotation ±50°, scale 0.8–1.2", "rotation ±40°, scale 0.85–1.15", "as in the first prototype"),
     (
         "horizontal flip augmentation",
-        "flips for the 80 epochs from scratch, none in the 4-epoch fine-tune",
+        "flips for the 80 epochs from scratch, none in the fine-tunes that followed",
         "a flip teaches each annotation source's label offset mirrored too (README, *Label offsets and the flip*); "
         "measured on val",
     ),
