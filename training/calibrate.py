@@ -27,13 +27,13 @@ import numpy as np
 import torch
 from scipy.optimize import isotonic_regression
 
-from model.artifacts import CheckpointError
 from model.checkpoint import load_checkpoint, save_checkpoint
 from model.codec import CONFIDENCE_SCORE, Calibration
 from model.engine import EngineOptions
 from model.inference import InferenceModel, load_for_inference
+from training.cli import run_cli
 from training.config import REPORT_ONLY_SPLITS
-from training.datasets import DataError, samples_from_spec
+from training.datasets import samples_from_spec
 from training.evaluate import run
 from training.metrics import box_size, point_errors, spearman
 
@@ -206,12 +206,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cli() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        main(get_args_parser().parse_args())
-    except (DataError, ValueError, CheckpointError) as exc:
-        log.error("%s", exc)
-        raise SystemExit(2) from exc
+    run_cli(main, get_args_parser())
 
 
 if __name__ == "__main__":

@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from training import train
+from training.cli import run_cli
 
 log = logging.getLogger("training.device_run")
 
@@ -118,12 +119,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cli() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        main(get_args_parser().parse_args())
-    except (ValueError, train.DataError, train.CheckpointError) as exc:
-        log.error("%s", exc)
-        raise SystemExit(2) from exc
+    run_cli(main, get_args_parser())
 
 
 if __name__ == "__main__":

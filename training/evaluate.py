@@ -25,7 +25,6 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from model.artifacts import CheckpointError
 from model.detector import YuNetDetector, match_detection
 from model.engine import Engine, EngineOptions, Landmarks
 from model.geometry import as_box, box_from_points
@@ -34,6 +33,7 @@ from model.landmarks import GROUPS
 from model.pipeline import FaceBox, Pipeline, PipelineOptions, caller_faces
 from model.pose import DEFAULT_HEAD_MODEL, HeadModel, PoseFit
 from model.render import draw_landmarks
+from training.cli import run_cli
 from training.datasets import W300_SUBSETS, DataError, Sample, load_image, load_samples
 from training.label_offsets import offset_table
 from training.metrics import (
@@ -439,12 +439,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cli() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        results = main(get_args_parser().parse_args())
-    except (DataError, CheckpointError, ValueError) as exc:
-        log.error("%s", exc)
-        raise SystemExit(2) from exc
+    results = run_cli(main, get_args_parser())
     for label, res in results["label_sets"].items():
         block = next(v for v in res.values() if is_subset_block(v))
         print(

@@ -40,6 +40,7 @@ from model.pose import (
     estimate_pose,
     rotation,
 )
+from training.cli import run_cli
 from training.datasets import DataError, Sample, read_aflw2000
 from training.metrics import angle_errors, hopenet_keeps, wrap_degrees
 
@@ -212,8 +213,7 @@ def main(args: argparse.Namespace) -> HeadModel:
 
 
 def cli() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    main(get_args_parser().parse_args())
+    run_cli(main, get_args_parser())
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from model.landmarks import MIRROR, NUM_LANDMARKS
+from training.cli import run_cli
 from training.metrics import NORMALISERS
 
 log = logging.getLogger("training.label_offsets")
@@ -183,12 +184,7 @@ def main(args: argparse.Namespace) -> dict[str, Array]:
 
 
 def cli() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        main(get_args_parser().parse_args())
-    except ValueError as exc:
-        log.error("%s", exc)
-        raise SystemExit(2) from exc
+    run_cli(main, get_args_parser())
 
 
 if __name__ == "__main__":

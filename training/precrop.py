@@ -29,8 +29,9 @@ from numpy.typing import NDArray
 from tqdm import tqdm
 
 from model.geometry import box_from_points
+from training.cli import run_cli
 from training.config import DatasetSpec, TrainConfig, load_config
-from training.datasets import DataError, Sample, load_image, load_samples, write_pts
+from training.datasets import Sample, load_image, load_samples, write_pts
 
 log = logging.getLogger("training.precrop")
 
@@ -109,12 +110,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cli() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        main(get_args_parser().parse_args())
-    except (DataError, ValueError) as exc:
-        log.error("%s", exc)
-        raise SystemExit(2) from exc
+    run_cli(main, get_args_parser())
 
 
 if __name__ == "__main__":

@@ -36,8 +36,9 @@ from model.inference import InferenceModel, cpu_supports_bf16, resolve_device
 from model.network import LandmarkNet, build_model, to_channels_last
 from model.pipeline import PipelineOptions
 from training import label_offsets
+from training.cli import run_cli
 from training.config import TrainConfig, dump_config, load_config
-from training.datasets import DataError, LandmarkDataset, MixtureSampler, load_samples
+from training.datasets import LandmarkDataset, MixtureSampler, load_samples
 from training.device_augment import DeviceAugmenter, FaceBank
 from training.engine import Amp, lr_lambda_cosine, train_one_epoch
 from training.evaluate import run as run_pipeline
@@ -446,13 +447,7 @@ def training_metadata(cfg: TrainConfig, epoch: int, record: dict[str, Any]) -> d
 
 
 def cli() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    args = get_args_parser().parse_args()
-    try:
-        main(args)
-    except (ValueError, DataError, CheckpointError) as exc:
-        log.error("%s", exc)
-        raise SystemExit(2) from exc
+    run_cli(main, get_args_parser())
 
 
 if __name__ == "__main__":

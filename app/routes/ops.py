@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import HTMLResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from app.deps import MetricsDep, ServiceDep
-from app.errors import ServiceError, not_ready
+from app.errors import ServiceError
 from app.schemas import ErrorResponse, Health, ModelCard
 
 router = APIRouter(tags=["operations"])
@@ -32,17 +33,18 @@ async def live() -> Health:
     return Health(status="alive")
 
 
+def unavailable(description: str) -> dict[int | str, dict[str, Any]]:
+    return {503: {"model": ErrorResponse, "description": description}}
+
+
 @router.get(
     "/health/ready",
     response_model=Health,
     summary="the model is loaded and warmed up, not draining",
-    responses={503: {"model": ErrorResponse, "description": "loading, warming up or draining"}},
+    responses=unavailable("loading, warming up or draining"),
 )
-async def ready(request: Request) -> Health:
-    service = getattr(request.app.state, "service", None)
-    if service is None:
-        raise not_ready()
-    service.lifecycle.check_ready()
+async def ready(service: ServiceDep) -> Health:
+    service.lifecycle.check_ready()  # 503 not_ready / draining
     return Health(status="ready")
 
 
@@ -50,7 +52,7 @@ async def ready(request: Request) -> Health:
     "/v1/model",
     response_model=ModelCard,
     summary="the served model and where it came from",
-    responses={503: {"model": ErrorResponse, "description": "the model is not loaded yet"}},
+    responses=unavailable("the model is not loaded yet"),
 )
 async def model_card(service: ServiceDep) -> ModelCard:
     engine = service.engine
