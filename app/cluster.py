@@ -195,7 +195,7 @@ class LandmarkModel:
 
 
 class RemoteRunner:
-    """The :class:`app.service.FaceRunner` of a cluster's ingress: each request's crops (in chunks of at most the
+    """The :class:`app.runners.FaceRunner` of a cluster's ingress: each request's crops (in chunks of at most the
     batch size) go to the model deployment, again to another replica when one dies, until the deadline."""
 
     def __init__(self, model: DeploymentHandle, max_batch_size: int) -> None:

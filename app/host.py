@@ -1,6 +1,7 @@
 """The model host: the network on its one inference thread, and what every process that holds it does the same way
-— share the cores, warm up, run a forward, describe the model. This process's batcher (:class:`app.service
-.LocalRunner`) and the Ray model deployment (:class:`app.cluster.LandmarkModel`) each hold one."""
+— share the cores, warm up, run a forward, describe the model. This process's batcher
+(:class:`app.runners.LocalRunner`) and the Ray model deployment (:class:`app.cluster.LandmarkModel`) each hold
+one."""
 
 from __future__ import annotations
 

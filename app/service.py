@@ -1,8 +1,10 @@
-"""One process's service: decode the upload, run the :class:`model.pipeline.Pipeline` with a :class:`FaceRunner`
-as its network, answer; plus the lifecycle (warm-up, ready, drain) and the pre-processing pool.
+"""One process's service: decode the upload, run the :class:`model.pipeline.Pipeline` with a
+:class:`app.runners.FaceRunner` as its network, answer; plus the lifecycle (warm-up, ready, drain) and the
+pre-processing pool.
 
-The runner is where crops go: :class:`LocalRunner` (this process's batcher in front of its engine) or, on a Ray
-Serve cluster, :class:`app.cluster.RemoteRunner` (a model deployment that batches faces from every ingress)."""
+The runner is where crops go: :class:`app.runners.LocalRunner` (this process's batcher in front of its model
+host) or, on a Ray Serve cluster, :class:`app.cluster.RemoteRunner` (a model deployment that batches faces from
+every ingress)."""
 
 from __future__ import annotations
 
@@ -10,11 +12,11 @@ import asyncio
 import logging
 import os
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Protocol, TypeVar
+from typing import TypeVar
 
-from app.batcher import Batcher, BatchInfo
+from app.batcher import BatchInfo
 from app.errors import ServiceError
 from app.host import ModelHost, warmup_sizes
 from app.imaging import PixelBudget, decode_image
@@ -22,6 +24,7 @@ from app.lifecycle import Lifecycle
 from app.memory import malloc_trim, return_memory_when_idle
 from app.metrics import Metrics
 from app.responses import Prediction
+from app.runners import FaceRunner, LocalRunner
 from app.settings import Settings
 from app.startup import Parts, load_parts
 from model.engine import Crop, EngineInfo, Image, Landmarks
@@ -33,45 +36,6 @@ from model.tracking import Tracker
 log = logging.getLogger("app")
 
 T = TypeVar("T")
-
-
-class FaceRunner(Protocol):
-    """Runs the pipeline's crops for the service: started once, warmed up, then ``submit`` per request until the
-    drain. ``submit`` answers each crop's landmarks and how it was batched, or raises a :class:`ServiceError`
-    (503 full or draining, 504 past ``deadline``, a ``loop.time()`` instant)."""
-
-    def start(self) -> None: ...
-    def warmup(self, batch_sizes: list[int]) -> Awaitable[None]: ...
-    def submit(self, crops: Sequence[Crop], deadline: float) -> Awaitable[list[tuple[Landmarks, BatchInfo]]]: ...
-    def drain(self, timeout_s: float) -> Awaitable[bool]: ...
-
-
-class LocalRunner:
-    """This process's runner: the batcher in front of the model host (the engine on the thread that loaded it)."""
-
-    def __init__(self, host: ModelHost, settings: Settings, metrics: Metrics) -> None:
-        self.host = host
-        self.batcher: Batcher[Crop, Landmarks] = Batcher(
-            host.engine.infer,
-            settings.max_batch_size,
-            settings.max_wait_ms / 1000.0,
-            settings.queue_size,
-            on_batch=metrics.observe_batch,
-            worker=host.worker,
-            on_depth=metrics.queue_depth.set,
-        )
-
-    def start(self) -> None:
-        self.batcher.start()
-
-    async def warmup(self, batch_sizes: list[int]) -> None:
-        await self.host.warmup(batch_sizes)
-
-    def submit(self, crops: Sequence[Crop], deadline: float) -> Awaitable[list[tuple[Landmarks, BatchInfo]]]:
-        return self.batcher.submit(crops, deadline)
-
-    def drain(self, timeout_s: float) -> Awaitable[bool]:
-        return self.batcher.drain(timeout_s)
 
 
 class LandmarkService:
