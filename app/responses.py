@@ -8,9 +8,9 @@ import numpy as np
 from numpy.typing import NDArray
 
 from app.imaging import encode_png
-from app.schemas import Face, HeadPose, ImageInfo, LandmarksResponse, ModelInfo
+from app.schemas import FaceResult, HeadPose, ImageInfo, LandmarksResponse, ModelInfo
 from model.engine import EngineInfo
-from model.pipeline import Face as PipelineFace
+from model.pipeline import Face
 from model.pose import PoseFit
 from model.render import draw_label, draw_landmarks, draw_pose_axes
 
@@ -20,7 +20,7 @@ class Prediction:
     """Everything an answer needs: the decoded image (for rendering), faces, timings and batch sizes."""
 
     image: NDArray[np.uint8]
-    faces: list[PipelineFace]
+    faces: list[Face]
     timings_ms: dict[str, float]
     batch_sizes: list[int] = field(default_factory=list)
 
@@ -38,7 +38,7 @@ def head_pose(fit: PoseFit | None) -> HeadPose | None:
 
 def to_response(prediction: Prediction, engine: EngineInfo) -> LandmarksResponse:
     faces = [
-        Face(
+        FaceResult(
             box=[round(float(v), 3) for v in f.box],
             detection_score=None if f.detection_score is None else round(f.detection_score, 4),
             landmarks=np.round(f.landmarks.points, 3).tolist(),

@@ -22,7 +22,9 @@ class HeadPose(BaseModel):
     confidence: float = Field(description="0-1, from how well the 3D head fits the points (1: exactly)")
 
 
-class Face(BaseModel):
+class FaceResult(BaseModel):
+    """One face of an answer (the HTTP body of :class:`model.pipeline.Face`)."""
+
     box: list[float] = Field(
         min_length=4,
         max_length=4,
@@ -64,7 +66,7 @@ class ModelInfo(BaseModel):
 
 class LandmarksResponse(BaseModel):
     image: ImageInfo
-    faces: list[Face] = Field(description="one entry per face (per caller box, in order); [] when none is found")
+    faces: list[FaceResult] = Field(description="one entry per face (per caller box, in order); [] when none is found")
     model: ModelInfo
     timings_ms: dict[str, float] = Field(
         description="decode, detect, crop, queue_wait (longest of the faces), inference (longest batch), total"

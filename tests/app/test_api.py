@@ -216,7 +216,7 @@ def test_openapi_documents_every_error(client):
     op = spec["paths"]["/landmarks"]["post"]
     assert {"200", "400", "413", "415", "422", "503", "504"} <= set(op["responses"])
     assert "multipart/form-data" in op["requestBody"]["content"]
-    face = spec["components"]["schemas"]["Face"]["properties"]
+    face = spec["components"]["schemas"]["FaceResult"]["properties"]
     assert {"pose", "pose_reason"} <= set(face)
     pose = spec["components"]["schemas"]["HeadPose"]["properties"]
     assert set(pose) == {"yaw", "pitch", "roll", "confidence"}
