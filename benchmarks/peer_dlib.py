@@ -34,6 +34,7 @@ from model.detector import YuNetDetector, match_detection
 from model.engine import EngineOptions
 from model.geometry import as_box, box_from_points
 from model.inference import InferenceModel, load_for_inference
+from model.landmarker import Landmarker
 from model.pipeline import FaceBox, Pipeline, PipelineOptions, caller_faces
 from training.datasets import Sample, load_image, load_samples
 from training.metrics import NORMALISERS, nme, summarise
@@ -97,10 +98,9 @@ def dlib_points(predictor: Any, image: np.ndarray, rect: Any) -> np.ndarray:
     return np.array([(shape.part(i).x, shape.part(i).y) for i in range(68)], dtype=np.float64)
 
 
-def our_points(engine: InferenceModel, image: np.ndarray, face: FaceBox) -> np.ndarray:
+def our_points(landmarker: Landmarker, image: np.ndarray, face: FaceBox) -> np.ndarray:
     """One face through the service's pipeline (a detected face gets the second pass, a given box does not)."""
-    pipeline = Pipeline(PipelineOptions(), engine.config.input_size)
-    return pipeline.run(image, engine.infer, [face]).faces[0].landmarks.points
+    return landmarker.run([(image, [face])])[0].faces[0].landmarks.points
 
 
 def summary(pred: np.ndarray, gt: np.ndarray, norm: np.ndarray) -> list[str]:
@@ -119,6 +119,7 @@ def compare(
     norm = NORMALISERS[norm_name](gt)
     tight = [box_from_points(p) for p in gt]
     ours = f"ours ({engine.config.name}, {engine.precision})"
+    landmarker = Landmarker(engine, Pipeline(PipelineOptions(), engine.config.input_size), batch_size=1)
     rows: list[list[object]] = []
 
     def row(method: str, boxes: str, idx: list[int], pts: np.ndarray, ms: float) -> None:
@@ -127,7 +128,7 @@ def compare(
     every = list(range(len(val)))
     pts, ms = timed(lambda i: dlib_points(predictor, images[i], to_dlib_rect(tight[i], framing)), len(val))
     row("dlib shape_predictor_68", "ground truth (mapped to dlib framing)", every, pts, ms)
-    pts, ms = timed(lambda i: our_points(engine, images[i], caller_faces([as_box(tight[i])])[0]), len(val))
+    pts, ms = timed(lambda i: our_points(landmarker, images[i], caller_faces([as_box(tight[i])])[0]), len(val))
     row(ours, "ground truth (tight box)", every, pts, ms)
 
     hog_found = {i: r for i in every for r in hog(images[i], 1)[:1] if centre_inside(r, tight[i])}
@@ -141,7 +142,7 @@ def compare(
             return dlib_points(predictor, images[d_idx[k]], hog_found[d_idx[k]])
 
         def run_ours(k: int, y_idx: list[int] = y_idx) -> np.ndarray:
-            return our_points(engine, images[y_idx[k]], FaceBox(yunet_found[y_idx[k]].box, "detector"))
+            return our_points(landmarker, images[y_idx[k]], FaceBox(yunet_found[y_idx[k]].box, "detector"))
 
         pts, ms = timed(run_dlib, len(d_idx))
         row("dlib shape_predictor_68", "HOG: " + label.format(len(d_idx)), d_idx, pts, ms)

@@ -15,6 +15,7 @@ several photos through the network together.
 
 from __future__ import annotations
 
+import functools
 import io
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import replace
@@ -131,7 +132,16 @@ class Landmarker:
                 if problem:
                     raise ValueError(problem)
             photos.append((pixels, None if given is None else caller_faces(given)))
-        return self.pipeline.run_many(photos, self.engine.infer, self.batch_size)
+        return self.run(photos)
+
+    def run(
+        self, photos: Sequence[tuple[NDArray[np.uint8], Sequence[FaceBox] | None]], with_coarse: bool = False
+    ) -> list[PhotoResult]:
+        """Decoded RGB photos, each with its faces (``None``: the detector's), their faces batched through the
+        network (``batch_size`` a call). ``with_coarse`` also returns each face's stage-1 (H0) points, which
+        evaluation reports."""
+        infer = functools.partial(self.engine.infer, with_coarse=True) if with_coarse else self.engine.infer
+        return self.pipeline.run_many(photos, infer, self.batch_size)
 
     def track(
         self,

@@ -14,7 +14,6 @@ service: the second pass (``--second-pass``, detected faces only) and upright cr
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import logging
 import sys
@@ -25,10 +24,11 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from model.detector import YuNetDetector, match_detection
+from model.detector import DetectorOptions, YuNetDetector, match_detection
 from model.engine import Engine, EngineOptions, Landmarks
 from model.geometry import as_box, box_from_points
 from model.inference import load_for_inference
+from model.landmarker import Landmarker
 from model.landmarks import GROUPS
 from model.pipeline import FaceBox, Pipeline, PipelineOptions, caller_faces
 from model.pose import DEFAULT_HEAD_MODEL, HeadModel, PoseFit
@@ -68,13 +68,15 @@ def gt_boxes(samples: list[Sample]) -> list[np.ndarray]:
     return [box_from_points(s.points) for s in samples]
 
 
-def find_faces(samples: list[Sample], boxes: str) -> tuple[list[Sample], list[FaceBox]]:
+def find_faces(
+    samples: list[Sample], boxes: str, detector_options: DetectorOptions | None = None
+) -> tuple[list[Sample], list[FaceBox]]:
     """Each sample's face as the pipeline gets it: its ground-truth tight box as a caller's box (``gt``), or the
-    service's detector (YuNet, default settings) with the detection whose centre lies in the ground-truth box
-    (``detector``; a sample without one is not found)."""
+    service's detector (YuNet with the pipeline's detector settings) with the detection whose centre lies in the
+    ground-truth box (``detector``; a sample without one is not found)."""
     if boxes == "gt":
         return samples, caller_faces([as_box(b) for b in gt_boxes(samples)])
-    detector = YuNetDetector()
+    detector = YuNetDetector.from_options(detector_options or DetectorOptions())
     kept, faces = [], []
     for s in tqdm(samples, desc="detect", disable=not sys.stderr.isatty(), dynamic_ncols=True):
         det = match_detection(detector(load_image(s.image)), gt_boxes([s])[0])
@@ -92,14 +94,15 @@ def run(
     head: HeadModel | None = None,
     batch_size: int = 32,
 ) -> Evaluation:
-    """Predict every sample's face through :class:`model.pipeline.Pipeline`, as the service does: ``boxes`` ``gt``
-    or ``detector``; the options' second pass (detected faces only) and alignment apply as they do in service
-    (default: the service's options); with ``head``, each face's head pose too; ``batch_size`` faces a call."""
-    chosen, faces = find_faces(samples, boxes)
+    """Predict every sample's face through :class:`model.Landmarker` (the service's pipeline), as the service
+    does: ``boxes`` ``gt`` or ``detector``; the options' second pass (detected faces only), alignment and detector
+    settings apply as they do in service (default: the service's options); with ``head``, each face's head pose
+    too; ``batch_size`` faces a call."""
+    options = options or PipelineOptions()
+    chosen, faces = find_faces(samples, boxes, options.detector)
     if not chosen:
         raise DataError("no face to evaluate (the detector found none)")
-    pipeline = Pipeline(options or PipelineOptions(), engine.config.input_size, head=head)
-    infer = functools.partial(engine.infer, with_coarse=True)
+    landmarker = Landmarker(engine, Pipeline(options, engine.config.input_size, head=head), batch_size)
     results: list[Landmarks] = []
     poses: list[PoseFit | None] = []
     step = 64  # photos in memory at once
@@ -107,7 +110,7 @@ def run(
     for start in range(0, len(chosen), step):
         part = zip(chosen[start : start + step], faces[start : start + step], strict=True)
         photos = [(load_image(s.image), [f]) for s, f in part]
-        for photo in pipeline.run_many(photos, infer, batch_size):
+        for photo in landmarker.run(photos, with_coarse=True):
             results.append(photo.faces[0].landmarks)
             poses.append(photo.faces[0].pose)
         bar.update(len(photos))
