@@ -33,9 +33,10 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 from numpy.typing import NDArray
 
+from model.detector import iou
 from model.engine import Image, Landmarks
-from model.geometry import Box
-from model.pipeline import Face, FaceBox, PhotoResult, Pipeline, Steps, eye_roll, upright_box
+from model.geometry import Box, as_box, box_from_points
+from model.pipeline import Face, FaceBox, PhotoResult, Pipeline, Steps, refine
 
 
 @dataclass(frozen=True)
@@ -101,19 +102,7 @@ class OneEuroFilter:
 
 
 def box_of(points: NDArray[np.floating]) -> Box:
-    pts = np.asarray(points, dtype=np.float64)
-    lo, hi = pts.min(axis=0), pts.max(axis=0)
-    return (float(lo[0]), float(lo[1]), float(hi[0]), float(hi[1]))
-
-
-def iou(a: Box, b: Box) -> float:
-    w = min(a[2], b[2]) - max(a[0], b[0])
-    h = min(a[3], b[3]) - max(a[1], b[1])
-    if w <= 0 or h <= 0:
-        return 0.0
-    inter = w * h
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
+    return as_box(box_from_points(np.asarray(points)))
 
 
 def inside_fraction(box: Box, width: int, height: int) -> float:
@@ -142,8 +131,8 @@ class Track:
     def face_box(self, align: bool) -> FaceBox:
         """Where to crop it in the next frame: framed from its last points as the second pass frames a face
         (upright in its own frame with ``align``)."""
-        roll = eye_roll(self.points) if align else 0.0
-        return FaceBox(upright_box(self.points, roll), "tracker", None, roll)
+        framing = refine(self.points, align)
+        return FaceBox(framing.box, "tracker", None, framing.roll)
 
 
 @dataclass
@@ -197,7 +186,10 @@ class Tracker:
             self._detect_next = False
         align = self.pipeline.options.align
         owners: list[Track | None] = [*self.tracks, *([None] * len(new))]
-        result = yield from self.pipeline.steps(image, [t.face_box(align) for t in self.tracks] + new)
+        smoothing = self.options.smoothing  # then the pose is fitted once, to the smoothed points (_smoothed)
+        result = yield from self.pipeline.steps(
+            image, [t.face_box(align) for t in self.tracks] + new, pose=not smoothing
+        )
         faces: list[Face] = []
         kept: list[Track] = []
         for face, owner in zip(result.faces, owners, strict=True):

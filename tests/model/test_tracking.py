@@ -6,11 +6,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from model.detector import Detection
+from model.detector import Detection, iou
 from model.engine import Crop, Landmarks
 from model.geometry import box_from_points
 from model.pipeline import Pipeline, PipelineOptions, drive
-from model.tracking import OneEuroFilter, Tracker, TrackOptions, inside_fraction, iou
+from model.tracking import OneEuroFilter, Tracker, TrackOptions, inside_fraction
 from tests.conftest import mean_face
 
 SIZE = 64  # the fake network's crop side
