@@ -17,8 +17,8 @@ Stages, in order, each in one function here:
    (:func:`model.pose.estimate_pose`), or no pose with the reason.
 
 :meth:`Pipeline.steps` is that sequence as a generator that yields the crops it needs run and receives their
-landmarks, so the same code drives a plain call (:meth:`Pipeline.run`), an async batcher
-(:meth:`Pipeline.run_async`) and faces of many photos batched together (:meth:`Pipeline.run_many`). This module
+landmarks, so the same code drives a plain call (:meth:`Pipeline.run`, :func:`drive`), an async batcher
+(:func:`drive_async`) and faces of many photos batched together (:meth:`Pipeline.run_many`). This module
 holds no threads and needs no torch.
 """
 
@@ -232,8 +232,11 @@ class Pipeline:
     def crops(self, image: Image, framings: Sequence[Framing]) -> list[Crop]:
         return [face_crop(image, f, self.input_size) for f in framings]
 
-    def steps(self, image: Image, faces: Sequence[FaceBox] | None = None, max_faces: int | None = None) -> Steps:
-        """The whole path for one photo; ``faces`` ``None`` runs the detector. Yields crops, receives landmarks."""
+    def steps(
+        self, image: Image, faces: Sequence[FaceBox] | None = None, max_faces: int | None = None, pose: bool = True
+    ) -> Steps:
+        """The whole path for one photo; ``faces`` ``None`` runs the detector. Yields crops, receives landmarks.
+        ``pose=False`` leaves the pose to the caller (video fits it to the smoothed points)."""
         timings: dict[str, float] = {}
         if faces is None:
             t0 = time.perf_counter()
@@ -258,10 +261,10 @@ class Pipeline:
                 results[i] = result
         t0 = time.perf_counter()
         faces_out = [
-            Face(fr.box, f.source, f.detection_score, r, self.pose(r))
+            Face(fr.box, f.source, f.detection_score, r, self.pose(r) if pose else None)
             for f, fr, r in zip(faces, framings, results, strict=True)
         ]
-        if self.head is not None:
+        if self.head is not None and pose:
             timings["pose"] = 1000 * (time.perf_counter() - t0)
         return PhotoResult(faces_out, timings)
 
@@ -270,18 +273,6 @@ class Pipeline:
     ) -> PhotoResult:
         """One photo with a plain ``infer`` call."""
         return drive(self.steps(image, faces, max_faces), infer)
-
-    async def run_async(
-        self,
-        image: Image,
-        infer: AsyncInfer,
-        offload: Offload,
-        faces: Sequence[FaceBox] | None = None,
-        max_faces: int | None = None,
-    ) -> PhotoResult:
-        """One photo with an awaitable ``infer`` (the service's batcher); ``offload`` runs each CPU step
-        (detection, cropping) somewhere other than the event loop."""
-        return await drive_async(self.steps(image, faces, max_faces), infer, offload)
 
     def run_many(
         self,

@@ -16,6 +16,7 @@ from model.pipeline import (
     Pipeline,
     PipelineOptions,
     caller_faces,
+    drive_async,
     eye_roll,
     face_crop,
     refine,
@@ -157,7 +158,7 @@ def test_aligned_detected_faces_are_cropped_on_the_detectors_eye_line(engine, ph
     np.testing.assert_array_equal(calls[0][0].image, face_crop(photo, Framing(face.box), size).image)
 
 
-def test_run_many_and_run_async_give_what_run_gives(engine, photo):
+def test_run_many_and_drive_async_give_what_run_gives(engine, photo):
     faces = [tilted((40.0, 50.0, 200.0, 210.0), 0.0), tilted((60.0, 60.0, 180.0, 190.0), 0.0)]
     pipeline = Pipeline(PipelineOptions(), engine.config.input_size, FakeDetector(faces))
     alone = [pipeline.run(photo, engine.infer), pipeline.run(photo[:, ::-1].copy(), engine.infer)]
@@ -174,7 +175,7 @@ def test_run_many_and_run_async_give_what_run_gives(engine, photo):
     async def offload(fn):  # noqa: ANN001, ANN202
         return fn()
 
-    result = asyncio.run(pipeline.run_async(photo, infer_async, offload))
+    result = asyncio.run(drive_async(pipeline.steps(photo), infer_async, offload))
     for fa, fb in zip(alone[0].faces, result.faces, strict=True):
         np.testing.assert_allclose(fa.landmarks.points, fb.landmarks.points, atol=1e-3)
 
