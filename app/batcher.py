@@ -101,10 +101,6 @@ class Batcher(Generic[T, R]):
         if self._task is None:
             self._task = asyncio.get_running_loop().create_task(self._run(), name="batcher")
 
-    def call_in_worker(self, fn: Callable[[], None]) -> asyncio.Future[None]:
-        """Run ``fn`` on the inference thread (warm-up), in order with the batches."""
-        return asyncio.get_running_loop().run_in_executor(self._executor, fn)
-
     async def submit(self, items: Sequence[T], deadline: float) -> list[tuple[R, BatchInfo]]:
         """Queue one request's items; wait for all results until ``deadline`` (``loop.time()`` clock)."""
         if self._closing:

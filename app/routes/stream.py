@@ -28,7 +28,7 @@ import json
 import logging
 import math
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from fastapi import APIRouter, WebSocket
@@ -133,9 +133,8 @@ class Session:
     caller: str
     limiter: RateLimiter | None
     metrics: Metrics
-    buffer: collections.deque[tuple[int, bytes]]
-    wake: asyncio.Event
-    lock: asyncio.Lock
+    wake: asyncio.Event = field(default_factory=asyncio.Event)  # a frame is waiting
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)  # one send at a time
     received: int = 0
     dropped: int = 0  # since the last answer
     dropped_total: int = 0
@@ -143,6 +142,11 @@ class Session:
     errors: int = 0
     closing: bool = False
     busy: bool = False  # a frame is being answered
+
+    def __post_init__(self) -> None:
+        self.buffer: collections.deque[tuple[int, bytes]] = collections.deque(
+            maxlen=self.service.settings.stream_buffer
+        )
 
     async def send(self, payload: str) -> bool:
         """False when the client has gone (a disconnect mid-frame is not an error)."""
@@ -313,8 +317,6 @@ async def run_session(session: Session, first: bytes | None) -> int:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(asyncio.shield(worker), service.settings.drain_timeout_s)
             code, reason = GOING_AWAY, "server draining"
-        else:
-            code = NORMAL
     finally:
         for task in (receiver, worker, drain):
             task.cancel()
@@ -354,11 +356,8 @@ async def stream(websocket: WebSocket) -> None:
             caller, options, max_faces, first = await first_message(websocket, service, app.state.keys, key)
             if caller is None and websocket.client is not None:
                 caller = f"addr:{websocket.client.host}"
-            session = Session(
-                websocket, service, Tracker(service.pipeline, options, max_faces), caller or "addr:unknown",
-                app.state.limiter, metrics, collections.deque(maxlen=service.settings.stream_buffer),
-                asyncio.Event(), asyncio.Lock(),
-            )  # fmt: skip
+            tracker = Tracker(service.pipeline, options, max_faces)
+            session = Session(websocket, service, tracker, caller or "addr:unknown", app.state.limiter, metrics)
             close_code = await run_session(session, first)
         except TimeoutError:
             raise StreamRefusal(NORMAL, "idle_timeout", "no message within LANDMARKS_STREAM_IDLE_TIMEOUT_S") from None
