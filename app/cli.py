@@ -26,7 +26,6 @@ import logging
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import replace
 from pathlib import Path
 from typing import TextIO
 
@@ -162,7 +161,7 @@ def run_video(video: Path, args: argparse.Namespace, landmarker: Landmarker, out
     fps = capture.get(cv2.CAP_PROP_FPS)
     fps = fps if fps and 1 <= fps <= 1000 else 30.0
     total = int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) or None
-    options = replace(TrackOptions(fps=fps), detect_every=args.detect_every, smoothing=not args.no_smoothing)
+    options = TrackOptions(detect_every=args.detect_every, smoothing=not args.no_smoothing, fps=fps)
     writer: cv2.VideoWriter | None = None
     frames = faces = 0
     show = not args.no_progress and sys.stderr.isatty()
@@ -173,12 +172,12 @@ def run_video(video: Path, args: argparse.Namespace, landmarker: Landmarker, out
 
             def feed() -> Iterator[Image]:
                 for frame in video_frames(capture):
-                    latest[:] = [frame]  # the tracker takes one frame at a time: this is the one it answers
-                    yield frame
+                    rgb = np.ascontiguousarray(frame[:, :, ::-1])  # OpenCV's BGR, turned once
+                    latest[:] = [rgb]  # the tracker takes one frame at a time: this is the one it answers
+                    yield rgb
 
-            for index, result in enumerate(landmarker.track(feed(), options, channels="bgr")):
-                rgb = np.ascontiguousarray(latest[0][:, :, ::-1])
-                prediction = Prediction(rgb, result.faces, {k: round(v, 3) for k, v in result.timings_ms.items()})
+            for index, result in enumerate(landmarker.track(feed(), options)):
+                prediction = Prediction(latest[0], result.faces, {k: round(v, 3) for k, v in result.timings_ms.items()})
                 body = to_response(prediction, landmarker.engine).model_dump(mode="json")
                 out.write(json.dumps({"frame": index, "time_s": round(index / fps, 4), **body}) + "\n")
                 frames += 1

@@ -94,7 +94,8 @@ class Landmarker:
         batch size, threads, ...; ``weights``, ``runtime`` and ``device`` override it); ``options`` how photos
         become crops. Both default to the service's defaults."""
         engine = engine or EngineOptions()
-        engine = replace(engine, runtime=runtime if runtime != "auto" else engine.runtime)
+        if runtime != "auto":
+            engine = replace(engine, runtime=runtime)
         if weights is not None:
             engine = replace(engine, weights=Path(weights))
         if device is not None:
