@@ -47,3 +47,29 @@ def test_upload_fuzz_only_documented_statuses(tiny_checkpoint):
                 assert isinstance(response.json()["faces"], list)
 
         check()
+
+
+option_names = st.sampled_from(["detect_every", "smoothing", "min_cutoff", "beta", "max_faces", "api_key", "other"])
+option_values = st.one_of(
+    st.text(max_size=8), st.integers(-(10**6), 10**6), st.floats(allow_nan=True, allow_infinity=True),
+    st.booleans(), st.none(), st.lists(st.integers(), max_size=2),
+)  # fmt: skip
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.dictionaries(option_names, option_values, max_size=5))
+def test_stream_options_fuzz_are_taken_or_refused_with_1008(values):
+    """Whatever a client puts in the query string or its first JSON message: valid options, or a 1008 refusal
+    with an `invalid_options` message (never another exception, so never a 500 or a dropped connection)."""
+    from app.routes.stream import POLICY, StreamRefusal, parse_options
+
+    refused: StreamRefusal | None = None
+    try:
+        options, max_faces = parse_options(values, max_faces_limit=10)
+    except StreamRefusal as exc:
+        refused = exc
+    if refused is not None:
+        assert (refused.code, refused.error) == (POLICY, "invalid_options")
+    else:
+        assert options.problem() is None
+        assert 1 <= max_faces <= 10
