@@ -39,9 +39,9 @@ from numpy.typing import NDArray
 
 from benchmarks.common import machine, publish, table
 from model.landmarker import Landmarker, read_image
-from model.landmarks import LEFT_EYE, RIGHT_EYE
 from model.pipeline import PhotoResult
 from model.tracking import TrackOptions
+from training.metrics import inter_ocular
 
 CANVAS = (640, 480)
 SETTLE = 10  # frames left out of jitter and lag
@@ -126,16 +126,12 @@ def run_clip(landmarker: Landmarker, clip: Clip, mode: str, options: TrackOption
     return Run(points, ids, seconds)
 
 
-def iod(points: NDArray[np.float64]) -> float:
-    return float(np.linalg.norm(points[list(LEFT_EYE)].mean(axis=0) - points[list(RIGHT_EYE)].mean(axis=0)))
-
-
 def jitter(run: Run, clip: Clip) -> float:
     """RMS deviation from the known motion, % of the inter-ocular distance (frames with the face found)."""
     resid = [p - o for p, o in zip(run.points[SETTLE:], clip.offsets[SETTLE:], strict=True) if p is not None]
     r = np.stack(resid)
     dev = r - r.mean(axis=0)
-    return 100 * float(np.sqrt((dev**2).sum(axis=-1).mean())) / iod(r.mean(axis=0))
+    return 100 * float(np.sqrt((dev**2).sum(axis=-1).mean())) / float(inter_ocular(r.mean(axis=0)[None])[0])
 
 
 def lag(run: Run, reference: Run, clip: Clip) -> float:
