@@ -113,10 +113,10 @@ def main(args: argparse.Namespace) -> str:
 
     rates: dict[str, float] = {}
     for name, batches in feeds().items():
-        train_one_epoch(net, Take(batches, 2), optimizer, None, device, amp, 0, cfg.coarse_weight,
+        train_one_epoch(net, Take(batches, 2), optimizer, None, device, amp, 0, cfg.loss(),
                         cfg.channels_last, show_progress=False)  # fmt: skip  # warm-up
         stats = train_one_epoch(net, Take(batches, args.steps), optimizer, scheduler, device, amp, 0,
-                                cfg.coarse_weight, cfg.channels_last, show_progress=False)  # fmt: skip
+                                cfg.loss(), cfg.channels_last, show_progress=False)  # fmt: skip
         rates[name] = stats["samples_per_s"]
         print(name, f"{rates[name]:.1f}", flush=True)
     ceiling = next(iter(rates.values()))

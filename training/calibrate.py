@@ -189,19 +189,14 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         "confidence": {k: summary[k] for k in ("tolerance", "sets", "folds", "per_set", "ece_raw", "ece_cross_fitted")},
     }
     save_checkpoint(args.out, net, config, metadata)
+    log.info("wrote %s", args.out)
     report_dir = args.report_dir or args.out.parent
     report_dir.mkdir(parents=True, exist_ok=True)
     (report_dir / "calibration.json").write_text(json.dumps(summary, indent=2))
     plot(report_dir / "calibration.png", before, after, args.tolerance)
-    for name, block in per_set.items():
-        log.info(
-            "%s: Spearman(conf, error) %.3f; ECE raw %.3f -> cross-fitted %.3f",
-            name,
-            block["spearman_raw"],
-            block["ece_raw"],
-            block["ece_cross_fitted"],
-        )
-    log.info("wrote %s", args.out)
+    for name, b in per_set.items():
+        ece = f"ECE raw {b['ece_raw']:.3f} -> cross-fitted {b['ece_cross_fitted']:.3f}"
+        log.info("%s: Spearman(conf, error) %.3f; %s", name, b["spearman_raw"], ece)
     return summary
 
 

@@ -12,6 +12,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from model.config import ModelConfig, preset
+from training.losses import HeatmapLossName, TwoStageLoss
 from training.transforms import Augmentation
 
 
@@ -92,6 +93,7 @@ class TrainConfig(_Frozen):
     batch_size: int = Field(16, ge=1)
     coarse_weight: float = Field(0.5, ge=0)
     coord_weight: float = Field(0.0, ge=0)  # L1 on the served decode of H_f (training.losses.decoded_l1); 0: off
+    heatmap_loss: HeatmapLossName = "l2"  # "l2": the paper's eq. 9; "awing": Adaptive Wing with its loss map
     amp: Literal["auto", "off", "bf16", "fp16"] = "auto"
     channels_last: bool = True
     workers: int = Field(2, ge=0)
@@ -123,6 +125,10 @@ class TrainConfig(_Frozen):
     def selection_weights(self) -> dict[str, float]:
         """Val set name -> weight of its NME in the selection criterion (all equal unless ``select`` says)."""
         return dict(self.select) if self.select else {spec.key: 1.0 for spec in self.val}
+
+    def loss(self) -> TwoStageLoss:
+        """The training loss these settings name (heatmap loss and the weights of its terms)."""
+        return TwoStageLoss(self.coarse_weight, self.coord_weight, self.heatmap_loss)
 
     def network_config(self) -> ModelConfig:
         base = preset(self.model).to_dict()

@@ -15,7 +15,7 @@ from tqdm import tqdm
 
 from model.inference import Precision
 from model.network import normalize_input
-from training.losses import two_stage_loss
+from training.losses import TwoStageLoss
 
 
 @dataclass
@@ -52,14 +52,14 @@ def train_one_epoch(
     device: torch.device,
     amp: Amp,
     epoch: int,
-    coarse_weight: float = 0.5,
+    loss_fn: TwoStageLoss | None = None,
     channels_last: bool = False,
     grad_clip: float | None = None,
     max_steps: int | None = None,
     show_progress: bool = True,
-    coord_weight: float = 0.0,
 ) -> dict[str, float]:
     """Train for one pass over ``loader``; the scheduler steps per batch. Returns mean loss and timing."""
+    loss_fn = loss_fn or TwoStageLoss()
     model.train()
     total, count, start = 0.0, 0, time.perf_counter()
     steps = len(loader) if max_steps is None else min(max_steps, len(loader))
@@ -73,8 +73,8 @@ def train_one_epoch(
             x = x.contiguous(memory_format=torch.channels_last)
         target = batch["heatmaps"].to(device, non_blocking=True)
         with amp.context(device):
-            points = batch["points"].to(device, non_blocking=True) if coord_weight else None
-            loss = two_stage_loss(model(x), target, coarse_weight, points, coord_weight)
+            points = batch["points"].to(device, non_blocking=True) if loss_fn.needs_points else None
+            loss = loss_fn(model(x), target, points)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"loss became {loss.item()} at epoch {epoch} step {step}")
         optimizer.zero_grad(set_to_none=True)

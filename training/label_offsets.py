@@ -172,6 +172,7 @@ def main(args: argparse.Namespace) -> dict[str, Array]:
     provenance = {"checkpoint": str(args.checkpoint), "model": engine.metadata.get("version"), "data": args.data}
     provenance["faces"] = {k: int(sum(s == k for s in sources)) for k in offsets}
     save(args.out, offsets, provenance)
+    log.info("wrote %s", args.out)
     for source, value in offsets.items():
         log.info(
             "%s: mean |antisymmetric offset| %.3f %% of the box side (x mean over points %.3f %%)",
@@ -179,7 +180,6 @@ def main(args: argparse.Namespace) -> dict[str, Array]:
             100 * float(np.linalg.norm(value, axis=1).mean()),
             100 * float(np.abs(value[:, 0]).mean()),
         )
-    log.info("wrote %s", args.out)
     return offsets
 
 

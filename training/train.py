@@ -376,12 +376,11 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
             run.device,
             amp,
             epoch,
-            cfg.coarse_weight,
+            cfg.loss(),
             cfg.channels_last,
             cfg.optim.grad_clip,
             cfg.max_steps_per_epoch,
             show_progress=run.main and sys.stderr.isatty(),
-            coord_weight=cfg.coord_weight,
         )
         record: dict[str, Any] = {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"], **stats}
         if run.main and val_sets:

@@ -8,6 +8,7 @@ from typing import Any
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import HTMLResponse
 from prometheus_client import CONTENT_TYPE_LATEST
+from pydantic import BaseModel
 
 from app.deps import MetricsDep, ServiceDep
 from app.errors import ServiceError
@@ -33,27 +34,21 @@ async def live() -> Health:
     return Health(status="alive")
 
 
-def unavailable(description: str) -> dict[int | str, dict[str, Any]]:
-    return {503: {"model": ErrorResponse, "description": description}}
+def get_when_ready(path: str, model: type[BaseModel], summary: str, unavailable_while: str) -> Any:
+    """``router.get`` for a route that answers 503 (an :class:`ErrorResponse`) while ``unavailable_while``, as
+    its OpenAPI entry says."""
+    responses: dict[int | str, dict[str, Any]] = {503: {"model": ErrorResponse, "description": unavailable_while}}
+    return router.get(path, response_model=model, summary=summary, responses=responses)
 
 
-@router.get(
-    "/health/ready",
-    response_model=Health,
-    summary="the model is loaded and warmed up, not draining",
-    responses=unavailable("loading, warming up or draining"),
-)
+@get_when_ready("/health/ready", Health, "the model is loaded and warmed up, not draining",
+                "loading, warming up or draining")  # fmt: skip
 async def ready(service: ServiceDep) -> Health:
     service.lifecycle.check_ready()  # 503 not_ready / draining
     return Health(status="ready")
 
 
-@router.get(
-    "/v1/model",
-    response_model=ModelCard,
-    summary="the served model and where it came from",
-    responses=unavailable("the model is not loaded yet"),
-)
+@get_when_ready("/v1/model", ModelCard, "the served model and where it came from", "the model is not loaded yet")
 async def model_card(service: ServiceDep) -> ModelCard:
     engine = service.engine
     meta = engine.metadata
