@@ -33,17 +33,15 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from app.errors import ServiceError
-from app.forms import parse_boxes, parse_max_faces
-from app.imaging import decode_image
 from app.responses import Prediction, annotate, render_png, to_response
 from app.settings import Settings
 from model.artifacts import CheckpointError
 from model.detector import DetectorError
 from model.geometry import Box
+from model.imaging import ImageError, decode_image
 from model.landmarker import Landmarker
 from model.landmarks import format_pts
-from model.pipeline import Image, box_problem
+from model.pipeline import Image, box_problem, boxes_from_json
 from model.tracking import TrackOptions
 
 PHOTO_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
@@ -93,6 +91,25 @@ def unique(path: Path, taken: set[Path]) -> Path:
     return candidate
 
 
+def face_limits(max_faces: str | None, boxes: str | None, limit: int) -> tuple[int, list[Box] | None]:
+    """``--max-faces`` (1 to ``LANDMARKS_MAX_FACES``, that by default) and ``--boxes`` (at most that many), the
+    service's field rules; raises ``ValueError`` as ``code: detail`` with the code the service would answer."""
+    most = limit
+    if max_faces is not None:
+        if not max_faces.strip().isdigit() or not 1 <= int(max_faces) <= limit:
+            raise ValueError(f"invalid_max_faces: --max-faces must be an integer between 1 and {limit}")
+        most = int(max_faces)
+    if boxes is None:
+        return most, None
+    try:
+        parsed = boxes_from_json(boxes)
+    except ValueError as exc:
+        raise ValueError(f"invalid_boxes: {exc}") from None
+    if len(parsed) > most:
+        raise ValueError(f"invalid_boxes: {len(parsed)} boxes given; max_faces is {most}")
+    return most, parsed
+
+
 def build_landmarker(settings: Settings, max_faces: int) -> Landmarker:
     """The library's :class:`model.Landmarker` with the service's ``LANDMARKS_*`` settings."""
     return Landmarker.load(
@@ -124,7 +141,7 @@ class Annotator:
             for photo in group:
                 try:
                     image, decode_ms = self.decode(photo)
-                except ServiceError as exc:
+                except ImageError as exc:
                     yield photo, f"{exc.code}: {exc.detail}"
                     continue
                 except OSError as exc:
@@ -242,13 +259,13 @@ def main(argv: list[str] | None = None) -> int:
     overrides = {k: v for k, v in given.items() if v is not None}
     try:
         settings = Settings(**overrides)
-        max_faces = parse_max_faces(args.max_faces, settings.max_faces)
-        boxes = parse_boxes(args.boxes, max_faces)
+        max_faces, boxes = face_limits(args.max_faces, args.boxes, settings.max_faces)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    try:
         landmarker = build_landmarker(settings, max_faces)
         annotator = Annotator(settings, landmarker, boxes)
-    except ServiceError as exc:
-        print(f"error: {exc.code}: {exc.detail}", file=sys.stderr)
-        return 2
     except (CheckpointError, DetectorError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 3

@@ -7,8 +7,6 @@ so the body is read here with a hard cap and parsed in memory with python-multip
 
 from __future__ import annotations
 
-import json
-import math
 from dataclasses import dataclass, field
 
 from python_multipart.exceptions import MultipartParseError
@@ -17,6 +15,7 @@ from starlette.requests import ClientDisconnect, Request
 
 from app.errors import ServiceError
 from model.geometry import Box
+from model.pipeline import boxes_from_json
 
 MAX_PARTS = 16
 
@@ -111,37 +110,22 @@ def parse_multipart(body: bytes, content_type: str) -> dict[str, Part]:
 
 
 MAX_BOXES_TEXT = 16_384  # characters: 100 boxes of four long numbers fit many times over
-MAX_COORDINATE = 1e6  # pixels; farther is no face of any photo under the pixel limit
-
-
-def _no_constant(name: str) -> float:
-    raise ValueError(f"{name} is not a number")
 
 
 def parse_boxes(raw: str | None, max_faces: int) -> list[Box] | None:
-    """The one parser of `boxes`: bounded in length, nesting (through length) and magnitude; every failure is 400."""
+    """The one parser of the `boxes` field (:func:`model.pipeline.boxes_from_json`, bounded in length first);
+    every failure is 400."""
     if raw is None or raw.strip() == "":
         return None
     if len(raw) > MAX_BOXES_TEXT:
         raise ServiceError(400, "invalid_boxes", f"`boxes` is longer than {MAX_BOXES_TEXT} characters")
-    try:  # integers parse as floats (no huge-int arithmetic); NaN and Infinity are refused
-        value = json.loads(raw, parse_int=float, parse_constant=_no_constant)
-    except json.JSONDecodeError as exc:
-        raise ServiceError(400, "invalid_boxes", f"`boxes` is not valid JSON: {exc.msg}") from None
-    except (ValueError, RecursionError) as exc:
-        detail = str(exc) if isinstance(exc, ValueError) else "nested too deeply"
-        raise ServiceError(400, "invalid_boxes", f"`boxes` is not valid JSON: {detail}") from None
-    if not isinstance(value, list) or not all(
-        isinstance(b, list) and len(b) == 4 and all(isinstance(v, float) for v in b) for b in value
-    ):
-        raise ServiceError(400, "invalid_boxes", "`boxes` must be a JSON array of [x1, y1, x2, y2] number arrays")
-    if len(value) > max_faces:
-        raise ServiceError(400, "invalid_boxes", f"{len(value)} boxes given; max_faces is {max_faces}")
-    if not all(math.isfinite(v) and abs(v) <= MAX_COORDINATE for b in value for v in b):
-        raise ServiceError(
-            400, "invalid_boxes", f"box coordinates must be finite numbers within ±{MAX_COORDINATE:.0f} pixels"
-        )
-    return [(b[0], b[1], b[2], b[3]) for b in value]
+    try:
+        boxes = boxes_from_json(raw)
+    except ValueError as exc:
+        raise ServiceError(400, "invalid_boxes", str(exc)) from None
+    if len(boxes) > max_faces:
+        raise ServiceError(400, "invalid_boxes", f"{len(boxes)} boxes given; max_faces is {max_faces}")
+    return boxes
 
 
 def parse_max_faces(raw: str | None, limit: int) -> int:

@@ -16,7 +16,6 @@ several photos through the network together.
 from __future__ import annotations
 
 import functools
-import io
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -24,11 +23,12 @@ from typing import Literal
 
 import numpy as np
 from numpy.typing import NDArray
-from PIL import Image, ImageOps
+from PIL import Image
 
 from model.detector import YuNetDetector
 from model.engine import Engine, EngineOptions, Runtime
 from model.geometry import Box
+from model.imaging import decode_image
 from model.pipeline import (
     FaceBox,
     PhotoResult,
@@ -47,15 +47,18 @@ ImageInput = str | Path | bytes | NDArray[np.uint8] | Image.Image
 
 
 def read_image(image: ImageInput, channels: Channels = "rgb") -> NDArray[np.uint8]:
-    """Any accepted input as an ``(H, W, 3)`` uint8 RGB array. Files and bytes are decoded with their EXIF
-    orientation applied; an array is taken as ``channels`` order (``"bgr"`` for OpenCV's ``imread``), grey
-    ``(H, W)`` arrays are repeated to three channels. Raises ``ValueError`` for anything else."""
-    if isinstance(image, str | Path | bytes):
+    """Any accepted input as an ``(H, W, 3)`` uint8 RGB array. Files and bytes are decoded as the service decodes
+    uploads (:func:`model.imaging.decode_image`: JPEG, PNG, WebP or BMP, EXIF orientation applied; refusals raise
+    :class:`model.imaging.ImageError`, a ``ValueError``); an array is taken as ``channels`` order (``"bgr"`` for
+    OpenCV's ``imread``), grey ``(H, W)`` arrays are repeated to three channels. Raises ``ValueError`` for anything
+    else."""
+    if isinstance(image, str | Path):
         try:
-            with Image.open(io.BytesIO(image) if isinstance(image, bytes) else Path(image)) as opened:
-                image = ImageOps.exif_transpose(opened).convert("RGB")
+            image = Path(image).read_bytes()
         except OSError as exc:
             raise ValueError(f"cannot read the image: {exc}") from exc
+    if isinstance(image, bytes):
+        return decode_image(image)
     if isinstance(image, Image.Image):
         return np.asarray(image.convert("RGB"), dtype=np.uint8)
     array = np.asarray(image)

@@ -25,6 +25,7 @@ holds no threads and needs no torch.
 from __future__ import annotations
 
 import functools
+import json
 import math
 import time
 from collections.abc import Awaitable, Callable, Generator, Sequence
@@ -119,6 +120,34 @@ def box_problem(boxes: Sequence[Box], width: int, height: int) -> str | None:
         if max(x2 - x1, y2 - y1) > MAX_BOX_FACTOR * max(width, height):
             return f"box {i} is more than {MAX_BOX_FACTOR}x the size of the {width}x{height} image"
     return None
+
+
+MAX_COORDINATE = 1e6  # pixels; farther is no face of any photo under the service's pixel limit
+
+
+def _no_constant(name: str) -> float:
+    raise ValueError(f"{name} is not a number")
+
+
+def boxes_from_json(raw: str) -> list[Box]:
+    """Caller boxes from their text form, a JSON array of ``[x1, y1, x2, y2]`` number arrays (the service's
+    `boxes` field, the CLI's ``--boxes``). Raises ``ValueError`` with a one-line reason: not JSON (NaN and Infinity
+    included), not that shape, or a coordinate beyond ±``MAX_COORDINATE``. Integers parse as floats (no huge-int
+    arithmetic); the caller bounds the text's length (nesting depth with it)."""
+    try:
+        value = json.loads(raw, parse_int=float, parse_constant=_no_constant)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"`boxes` is not valid JSON: {exc.msg}") from None
+    except (ValueError, RecursionError) as exc:
+        detail = str(exc) if isinstance(exc, ValueError) else "nested too deeply"
+        raise ValueError(f"`boxes` is not valid JSON: {detail}") from None
+    if not isinstance(value, list) or not all(
+        isinstance(b, list) and len(b) == 4 and all(isinstance(v, float) for v in b) for b in value
+    ):
+        raise ValueError("`boxes` must be a JSON array of [x1, y1, x2, y2] number arrays")
+    if not all(math.isfinite(v) and abs(v) <= MAX_COORDINATE for b in value for v in b):
+        raise ValueError(f"box coordinates must be finite numbers within ±{MAX_COORDINATE:.0f} pixels")
+    return [(b[0], b[1], b[2], b[3]) for b in value]
 
 
 def caller_faces(boxes: Sequence[Box]) -> list[FaceBox]:

@@ -49,3 +49,9 @@ def test_no_import_points_the_wrong_way(package):
             if any(name == f or name.startswith(f + ".") for f in FORBIDDEN[package]):
                 wrong.append(f"{path.relative_to(ROOT)} imports {name}")
     assert not wrong, "\n".join(wrong)
+
+
+def test_the_cli_is_a_shell_over_the_library():
+    """app/cli.py runs model.Landmarker: no HTTP service, form parsers or HTTP errors (issue 30)."""
+    http_only = {"app.service", "app.forms", "app.errors", "app.imaging", "app.batcher", "app.runners"}
+    assert not imported_modules(ROOT / "app" / "cli.py") & http_only

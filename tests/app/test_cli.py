@@ -100,6 +100,12 @@ def test_cli_reports_bad_input_without_a_traceback(tmp_path, tiny_checkpoint, ca
     assert main([str(path), "--checkpoint", str(tmp_path / "nope.pt")]) == 3
     assert main([str(path), "--boxes", "[[1, 2]]", "--checkpoint", str(tiny_checkpoint)]) == 2
     assert "invalid_boxes" in capsys.readouterr().err
+    two = "[[1, 1, 9, 9], [2, 2, 9, 9]]"
+    assert main([str(path), "--boxes", two, "--max-faces", "1", "--checkpoint", str(tiny_checkpoint)]) == 2
+    assert "invalid_boxes: 2 boxes given; max_faces is 1" in capsys.readouterr().err
+    for bad in ("0", "x", "1000000"):
+        assert main([str(path), "--max-faces", bad, "--checkpoint", str(tiny_checkpoint)]) == 2
+        assert "invalid_max_faces" in capsys.readouterr().err
 
 
 def test_cli_checks_caller_boxes_against_each_photo(tmp_path, tiny_checkpoint, capsys):

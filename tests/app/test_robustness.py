@@ -16,7 +16,8 @@ from PIL import Image, ImageOps
 
 from app.errors import ServiceError
 from app.forms import MAX_BOXES_TEXT, parse_boxes
-from app.imaging import PixelBudget, decode_image, orient_array
+from app.imaging import PixelBudget, decode_image
+from model.imaging import orient_array
 from model.render import draw_landmarks
 from tests.app.conftest import open_client, png_bytes
 from tests.conftest import draw_face, mean_face

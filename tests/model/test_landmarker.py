@@ -10,6 +10,7 @@ from PIL import Image
 import model
 from model.artifacts import SHIPPED_CHECKPOINT
 from model.engine import EngineOptions
+from model.imaging import ImageError
 from model.landmarker import read_image
 from tests.app.conftest import open_client, png_bytes
 
@@ -56,8 +57,9 @@ def test_every_image_form_reads_to_the_same_pixels(tmp_path):
     assert read_image(rgb[:, :, 0]).shape == (20, 30, 3)  # grey
     with pytest.raises(ValueError, match="uint8"):
         read_image(rgb.astype(np.float32))
-    with pytest.raises(ValueError, match="cannot read"):
+    with pytest.raises(ImageError, match="not a JPEG, PNG, WebP or BMP") as refused:  # a ValueError
         read_image(b"not an image")
+    assert refused.value.code == "unsupported_media_type"  # the code the service answers 415 with
     with pytest.raises(ValueError, match="cannot read"):
         read_image(tmp_path / "missing.png")
 

@@ -49,7 +49,7 @@ def test_onnx_runtime_equals_pytorch_on_real_faces(torch_engine, onnx_path):
     assert diff["points_px"] < MAX_POINT_PX  # an arg-max near-tie may move one point a little (max_difference)
     assert diff["confidence"] < 1e-4
     # The whole path on the bundled portrait: YuNet, both passes, batches of several sizes.
-    from app.imaging import decode_image
+    from model.imaging import decode_image
 
     image = decode_image(PORTRAIT.read_bytes(), 10**8)
     pipeline = Pipeline(PipelineOptions(), engine.config.input_size, None)
