@@ -229,6 +229,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", help="overrides LANDMARKS_DEVICE")
     parser.add_argument("--runtime", choices=["torch", "onnxruntime"], help="overrides LANDMARKS_RUNTIME")
     parser.add_argument("--onnx-model", type=Path, help="overrides LANDMARKS_ONNX_MODEL")
+    parser.add_argument("--convention", help="annotation convention (default, none, aflw2000); LANDMARKS_CONVENTION")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (it shows on a terminal only)")
     parser.add_argument("--video-out", type=Path, metavar="FILE.mp4", help="video input: write it annotated here")
     parser.add_argument("--detect-every", type=int, default=TrackOptions.detect_every,
@@ -255,6 +256,7 @@ def main(argv: list[str] | None = None) -> int:
         print("error: --out is for a single photo; use --render DIR for several", file=sys.stderr)
         return 2
     given = {"checkpoint": args.checkpoint, "device": args.device, "runtime": args.runtime}
+    given["convention"] = args.convention
     given["onnx_model"] = args.onnx_model
     overrides = {k: v for k, v in given.items() if v is not None}
     try:

@@ -106,6 +106,7 @@ class ModelCard(BaseModel):
     num_landmarks: int
     device: str
     precision: str
+    convention: str = Field(description="annotation convention of the points (LANDMARKS_CONVENTION resolved)")
     training: dict[str, Any]
     metrics: dict[str, Any]
     licence: str

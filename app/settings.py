@@ -82,6 +82,12 @@ class Settings(BaseSettings):
         description="re-crop detected faces from the first pass's landmarks and run again (caller boxes: never)",
     )
     flip_test: bool = Field(ENGINE.flip_test, description="also run each face mirrored and average (2x compute)")
+    convention: str = Field(
+        ENGINE.convention,
+        min_length=1,
+        description="annotation convention of the points: default (the checkpoint's: 300-W's for the shipped one), "
+        "none (the network's own average of its training sets'), or one the checkpoint stores (aflw2000)",
+    )
     align: bool = Field(
         PIPELINE.align,
         description="rotate detected faces' crops upright: the first on YuNet's eye line, the second pass on the "
@@ -168,6 +174,7 @@ class Settings(BaseSettings):
             max_batch_size=self.max_batch_size,
             cuda_graphs=self.cuda_graphs,
             flip_test=self.flip_test,
+            convention=self.convention,
             threads=(self.torch_threads or self.core_share()) if onnx else None,
         )
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from app.access import KeyFileError, parse_keys
 from app.batcher import inference_thread
 from app.settings import Settings
-from model.artifacts import CheckpointError
+from model.artifacts import CheckpointError, ConventionError
 from model.detector import DetectorError, YuNetDetector
 from model.engine import Engine
 from model.pose import HeadModel
@@ -111,6 +111,7 @@ def load_parts(settings: Settings, runtime: bool = True) -> Parts:
         except CheckpointError as exc:
             worker.shutdown(wait=False)
             variable = "LANDMARKS_ONNX_MODEL" if settings.runtime == "onnxruntime" else "LANDMARKS_CHECKPOINT"
+            variable = "LANDMARKS_CONVENTION" if isinstance(exc, ConventionError) else variable
             raise StartupError(f"{variable}: {exc}") from exc
     try:
         detector = YuNetDetector.from_options(settings.pipeline_options().detector)

@@ -12,3 +12,7 @@ SHIPPED_ONNX = WEIGHTS / "dsc_landmarks_cpu.onnx"  # ``python -m training.export
 
 class CheckpointError(RuntimeError):
     """A checkpoint or ONNX file is missing, unreadable, of another format, or does not match what is expected."""
+
+
+class ConventionError(CheckpointError):
+    """The annotation convention asked for (``EngineOptions.convention``) is not one the model file holds."""

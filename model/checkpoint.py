@@ -19,8 +19,8 @@ from typing import Any
 
 import torch
 
-from model.artifacts import CheckpointError
-from model.codec import CONFIDENCE_SCORE, Calibration
+from model.artifacts import CheckpointError, ConventionError
+from model.codec import CONFIDENCE_SCORE, Calibration, Convention
 from model.config import ModelConfig
 from model.network import LandmarkNet, build_model
 
@@ -92,6 +92,22 @@ def load_checkpoint(
         first = str(exc).splitlines()[0]
         raise CheckpointError(f"checkpoint {path} weights do not fit its config: {first}") from exc
     return model, config, payload["metadata"]
+
+
+def convention_from_metadata(metadata: dict[str, Any], name: str = "default") -> Convention | None:
+    """The annotation convention ``name`` stored in checkpoint metadata (``conventions``, written by
+    ``training.conventions``): ``"default"`` is the one the checkpoint names as its default (none when it stores
+    none), ``"none"`` none. Raises :class:`ConventionError` for a name the checkpoint does not hold."""
+    stored = metadata.get("conventions") or {}
+    offsets = stored.get("offsets", {})
+    if name == "default":
+        name = stored.get("default", "none")
+    if name == "none":
+        return None
+    if name not in offsets:
+        held = ", ".join(["default", "none", *offsets])
+        raise ConventionError(f"the checkpoint holds no annotation convention {name!r}; choose one of: {held}")
+    return Convention(name, tuple((float(x), float(y)) for x, y in offsets[name]))
 
 
 def calibration_from_metadata(metadata: dict[str, Any]) -> Calibration | None:

@@ -48,6 +48,28 @@ class Calibration:
         return out
 
 
+@dataclass(frozen=True)
+class Convention:
+    """An annotation convention: where one set of annotators puts each point relative to where the network finds
+    it, applied to the decoded points (fitted on training faces by :mod:`training.conventions`).
+
+    The network is trained on data sets whose annotators disagree by a fraction of a pixel, consistently (300-W's
+    labels sit right of AFLW2000-3D's re-annotation of the same features), so it learns the average of their
+    conventions and misses each. ``offsets`` ``(K, 2)`` is one source's mean residual (label - prediction) per point
+    on its training faces, in units of the longer side of the face's tight landmark box; :meth:`__call__` adds it
+    back, scaled by each face's predicted box, in the crop's frame. Stored in checkpoint metadata by name.
+    """
+
+    name: str
+    offsets: tuple[tuple[float, float], ...]
+
+    def __call__(self, points: Tensor) -> Tensor:
+        """``(..., K, 2)`` points (any pixel unit, crop frame) -> the same in this convention."""
+        side = (points.amax(dim=-2) - points.amin(dim=-2)).amax(dim=-1).clamp_min(1.0)  # (...,)
+        offsets = torch.tensor(self.offsets, dtype=points.dtype, device=points.device)
+        return points + offsets * side[..., None, None]
+
+
 def encode(points: Tensor, size: int, sigma: float) -> Tensor:
     """Gaussian target heatmaps (eq. 2) at float centres, no rounding.
 

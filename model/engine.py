@@ -31,6 +31,9 @@ class EngineOptions:
     cuda_graphs: bool = True  # on CUDA only
     flip_test: bool = False  # also run the mirrored crop and average the heatmaps (2x compute)
     threads: int | None = None  # ONNX Runtime's intra-op threads (torch keeps its own); None: its default
+    # the annotation convention of the points (model.codec.Convention): "default" (the checkpoint's, 300-W's for
+    # the shipped one), "none" (the network's own average of its training sets' conventions) or a stored name
+    convention: str = "default"
 
 
 @dataclass(frozen=True)
@@ -85,6 +88,8 @@ class EngineInfo(Protocol):
     def name(self) -> str: ...
     @property
     def version(self) -> str: ...
+    @property
+    def convention_name(self) -> str: ...  # the annotation convention of its points ("none": the network's own)
 
 
 class Engine(EngineInfo, Protocol):
@@ -106,8 +111,9 @@ class EngineCard:
     metadata: dict[str, Any]
     name: str
     version: str
+    convention_name: str = "none"
 
     @classmethod
     def of(cls, engine: EngineInfo) -> EngineCard:
         return cls(engine.config, str(engine.device), engine.precision, dict(engine.metadata), engine.name,
-                   engine.version)  # fmt: skip
+                   engine.version, engine.convention_name)  # fmt: skip

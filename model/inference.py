@@ -17,8 +17,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from model.checkpoint import calibration_from_metadata, load_checkpoint
-from model.codec import Calibration, confidence, decode
+from model.checkpoint import calibration_from_metadata, convention_from_metadata, load_checkpoint
+from model.codec import Calibration, Convention, confidence, decode
 from model.config import ModelConfig
 from model.engine import Crop, EngineOptions, Landmarks, NamedModel, blank_crops
 from model.geometry import heatmap_to_crop
@@ -178,6 +178,7 @@ class InferenceModel(NamedModel):
     precision: Precision = "fp32"
     channels_last: bool = False
     calibration: Calibration | None = None
+    convention: Convention | None = None  # added to the final points (stage 1's stay the network's own)
     metadata: dict[str, Any] = field(default_factory=dict)
     flip_test: bool = False  # also run the mirrored crop and average the heatmaps (2x the compute)
     cuda_graphs: bool = False
@@ -188,6 +189,10 @@ class InferenceModel(NamedModel):
         if self.cuda_graphs and self.device.type == "cuda":
             shape = (self.config.input_size, self.config.input_size, 3)
             self._graphs = CudaGraphs(self._heads, shape, self.device, self.max_batch_size)
+
+    @property
+    def convention_name(self) -> str:
+        return self.convention.name if self.convention is not None else "none"
 
     @property
     def graphed(self) -> bool:
@@ -217,6 +222,8 @@ class InferenceModel(NamedModel):
         network, here and in the exported ONNX graph (:class:`ExportGraph`)."""
         points, peak, coarse_points, coarse_peak = heads
         stride = self.config.heatmap_stride
+        if self.convention is not None:
+            points = self.convention(points)
         results = [heatmap_to_image(points, inverse, stride), confidence(peak, coarse_peak, self.calibration)]
         if with_coarse:
             results.append(heatmap_to_image(coarse_points, inverse, stride))
@@ -311,6 +318,7 @@ def prepare(
     calibration: Calibration | None = None,
     metadata: dict[str, Any] | None = None,
     channels_last: bool | None = None,
+    convention: Convention | None = None,
 ) -> InferenceModel:
     """Move a network to the options' device in eval mode. ``channels_last`` defaults to on for CUDA only.
 
@@ -330,6 +338,7 @@ def prepare(
         precision=precision,
         channels_last=channels_last,
         calibration=calibration,
+        convention=convention,
         metadata=metadata or {},
         flip_test=options.flip_test,
         cuda_graphs=options.cuda_graphs,
@@ -341,6 +350,9 @@ def load_for_inference(
     path: str | Path, options: EngineOptions | None = None, expected: ModelConfig | None = None
 ) -> InferenceModel:
     """Load a checkpoint for serving: eval mode, on the options' device and precision (defaults: CUDA when
-    available, its precision), calibration applied, CUDA graphs on CUDA when the options say so."""
+    available, its precision), calibration and the options' annotation convention applied, CUDA graphs on CUDA when
+    the options say so."""
+    options = options or EngineOptions()
     net, config, metadata = load_checkpoint(path, expected)
-    return prepare(net, config, options or EngineOptions(), calibration_from_metadata(metadata), metadata)
+    convention = convention_from_metadata(metadata, options.convention)
+    return prepare(net, config, options, calibration_from_metadata(metadata), metadata, convention=convention)

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from model.artifacts import CheckpointError
+from model.artifacts import CheckpointError, ConventionError
 from model.config import ModelConfig
 from model.engine import Crop, Landmarks, NamedModel, blank_crops
 
@@ -30,7 +30,7 @@ class OnnxEngine(NamedModel):
     device = "cpu"
     precision = "fp32"
 
-    def __init__(self, path: str | Path, threads: int | None = None) -> None:
+    def __init__(self, path: str | Path, threads: int | None = None, convention: str = "default") -> None:
         try:
             import onnxruntime as ort
         except ImportError as exc:  # pragma: no cover - the onnx extras install it
@@ -58,6 +58,12 @@ class OnnxEngine(NamedModel):
         self.config = ModelConfig.from_dict(info["config"])
         self.metadata: dict[str, Any] = info["metadata"]
         self.path = path
+        self.convention_name = str(info.get("convention", "none"))  # the annotation convention the graph applies
+        if convention not in ("default", self.convention_name):
+            raise ConventionError(
+                f"ONNX model {path} applies the {self.convention_name!r} annotation convention, not {convention!r}; "
+                f"export one with: python -m training.export --convention {convention}"
+            )
 
     def infer(self, crops: list[Crop], with_coarse: bool = False) -> list[Landmarks]:
         images = np.stack([c.image for c in crops])

@@ -26,7 +26,7 @@ def load_engine(options: EngineOptions | None = None) -> Engine:
     if resolve_runtime_name(options) == "onnxruntime":
         from model.onnx_engine import OnnxEngine
 
-        return OnnxEngine(options.weights or SHIPPED_ONNX, threads=options.threads)
+        return OnnxEngine(options.weights or SHIPPED_ONNX, threads=options.threads, convention=options.convention)
     from model.inference import load_for_inference
 
     return load_for_inference(options.weights or SHIPPED_CHECKPOINT, options)

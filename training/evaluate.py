@@ -224,7 +224,8 @@ def write_markdown(path: Path, results: dict[str, Any], header: str) -> None:
         lines += [
             f"Engine: {results['resolved_precision']} (asked: {results['precision']}; the service's default is "
             f"auto), batches of {results['batch_size']} (service: 16), eager (service: CUDA graphs on CUDA), flip "
-            f"test {'on' if results['flip_test'] else 'off'}; second pass {'on' if results['second_pass'] else 'off'} "
+            f"test {'on' if results['flip_test'] else 'off'}; annotation convention "
+            f"{results.get('convention', 'none')}; second pass {'on' if results['second_pass'] else 'off'} "
             f"(detected faces only), align {'on' if results['aligned'] else 'off'}.",
             "",
         ]
@@ -359,6 +360,11 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--save-examples", type=int, default=0, metavar="N")
     p.add_argument("--flip-test", action="store_true", help="average with the mirrored crop (2x compute)")
     p.add_argument(
+        "--convention",
+        default="default",
+        help="annotation convention of the points: default (the checkpoint's, as served), none, or a stored name",
+    )
+    p.add_argument(
         "--second-pass", action="store_true", help="re-crop detected faces from the first pass's landmarks, run again"
     )
     p.add_argument(
@@ -378,7 +384,7 @@ def engine_options(args: argparse.Namespace) -> EngineOptions:
     batches of ``--batch-size`` (32), eager (no CUDA graphs); the report header records each."""
     return EngineOptions(
         weights=args.checkpoint, device=args.device, precision=args.precision, max_batch_size=args.batch_size,
-        cuda_graphs=False, flip_test=args.flip_test,
+        cuda_graphs=False, flip_test=args.flip_test, convention=args.convention,
     )  # fmt: skip
 
 
@@ -407,6 +413,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         "batch_size": args.batch_size,
         "cuda_graphs": False,
         "flip_test": args.flip_test,
+        "convention": engine.convention_name,
         "second_pass": args.second_pass,
         "aligned": args.align,
         "model": engine.metadata.get("version"),

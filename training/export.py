@@ -2,11 +2,12 @@
 
 The graph is the whole engine (:class:`model.inference.ExportGraph`): uint8 RGB crops ``(N, S, S, 3)`` and their
 crop -> image affines ``(N, 2, 3)`` in; image-space ``points`` ``(N, 68, 2)``, calibrated ``confidence``
-``(N, 68)`` and stage 1's ``coarse_points`` out, with a dynamic batch. The model's config, name, version,
-training metadata, normalisation and calibration travel in the file's metadata (``dsc_landmarks``), so
-:class:`model.onnx_engine.OnnxEngine` serves it without PyTorch. After writing, the file is run on ONNX Runtime
-against PyTorch on the same crops (real faces with ``--data``) and the largest landmark difference is printed;
-the export fails if it exceeds ``--tolerance`` pixels.
+``(N, 68)`` and stage 1's ``coarse_points`` out, with a dynamic batch; the annotation convention (``--convention``)
+is part of the graph. The model's config, name, version, training metadata, normalisation, calibration and that
+convention's name travel in the file's metadata (``dsc_landmarks``), so :class:`model.onnx_engine.OnnxEngine` serves
+it without PyTorch. After writing, the file is run on ONNX Runtime against PyTorch on the same crops (real faces
+with ``--data``) and the largest landmark difference is printed; the export fails if it exceeds ``--tolerance``
+pixels.
 """
 
 from __future__ import annotations
@@ -60,6 +61,7 @@ def export(engine: InferenceModel, out: Path, opset: int = OPSET) -> None:
     info = {
         "config": engine.config.to_dict(),
         "metadata": engine.metadata,
+        "convention": engine.convention_name,  # baked into the graph
         "opset": opset,
         "inputs": {"crops": "uint8 (N, S, S, 3) RGB", "inverse": "float32 (N, 2, 3) crop -> image"},
         "outputs": {"points": "(N, K, 2) image px", "confidence": "(N, K) in [0, 1]", "coarse_points": "(N, K, 2)"},
@@ -157,13 +159,19 @@ def get_args_parser() -> argparse.ArgumentParser:
         "--tolerance", type=float, default=0.01, help="99.9th percentile of the landmark difference allowed, px"
     )
     p.add_argument(
+        "--convention",
+        default="default",
+        help="annotation convention baked into the graph: default (the checkpoint's), none, or a stored name",
+    )
+    p.add_argument(
         "--int8", action="store_true", help="also write <out>.int8.onnx (calibrated on 64 --data train faces)"
     )
     return p
 
 
 def main(args: argparse.Namespace) -> dict[str, float]:
-    engine = load_for_inference(args.checkpoint, EngineOptions(device="cpu", precision="fp32", cuda_graphs=False))
+    options = EngineOptions(device="cpu", precision="fp32", cuda_graphs=False, convention=args.convention)
+    engine = load_for_inference(args.checkpoint, options)
     out = args.out or (SHIPPED_ONNX if args.checkpoint == SHIPPED_CHECKPOINT else args.checkpoint.with_suffix(".onnx"))
     export(engine, out)
     diff = max_difference(engine, OnnxEngine(out), check_crops(engine.config.input_size, args.data))

@@ -61,6 +61,7 @@ async def model_card(service: ServiceDep) -> ModelCard:
         num_landmarks=engine.config.num_landmarks,
         device=str(engine.device),
         precision=engine.precision,
+        convention=engine.convention_name,
         training=meta.get("training", {}),
         metrics=meta.get("metrics", {}),
         licence=LICENCE,

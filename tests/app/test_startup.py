@@ -119,3 +119,24 @@ def test_the_server_path_reads_each_artefact_once(tiny_checkpoint, monkeypatch):
     assert reads["checkpoint"] == 1
     assert reads["yunet"] == 1
     assert reads["head"] == 1
+
+
+def test_the_served_convention_is_on_the_model_card_and_an_unknown_one_stops_the_start(tmp_path):
+    """LANDMARKS_CONVENTION picks one the checkpoint stores (the card says which); another is a one-line refusal."""
+    from app.startup import startup_problem
+    from model.checkpoint import save_checkpoint
+    from model.network import build_model
+    from tests.app.conftest import open_client
+    from tests.conftest import tiny_config
+
+    path = tmp_path / "conv.pt"
+    offsets = {"300w": [[0.01, 0.0]] * 68, "aflw2000": [[-0.01, 0.0]] * 68}
+    meta = {"version": "conv-test", "conventions": {"default": "300w", "offsets": offsets}}
+    save_checkpoint(path, build_model(tiny_config()), tiny_config(), meta)
+    with open_client(path) as client:
+        assert client.get("/v1/model").json()["convention"] == "300w"
+    with open_client(path, convention="aflw2000") as client:
+        assert client.get("/v1/model").json()["convention"] == "aflw2000"
+    problem = startup_problem(make_settings(path, convention="helen"))
+    assert problem is not None
+    assert problem.startswith("LANDMARKS_CONVENTION: the checkpoint holds no annotation convention 'helen'")

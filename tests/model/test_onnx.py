@@ -43,6 +43,10 @@ def test_onnx_runtime_equals_pytorch_on_real_faces(torch_engine, onnx_path):
     engine = OnnxEngine(onnx_path)
     assert engine.version == torch_engine.version
     assert engine.config == torch_engine.config
+    assert engine.convention_name == torch_engine.convention_name  # baked into the graph, named in its metadata
+    other = "none" if engine.convention_name != "none" else "aflw2000"
+    with pytest.raises(CheckpointError, match="training.export --convention"):
+        OnnxEngine(onnx_path, convention=other)
     data = SHARED_300W if (SHARED_300W / "val.txt").is_file() else None
     diff = max_difference(torch_engine, engine, check_crops(engine.config.input_size, data, count=48))
     assert diff["points_px_p999"] < 0.01

@@ -15,11 +15,14 @@ from training import evaluate
 from training.ship import card, text_of_card
 
 TOLERANCE = 0.05  # NME points, and degrees of head pose
-# The ground-truth-box reports of every split, and the service's path (YuNet + second pass) on the test splits.
+# The ground-truth-box reports of every split, and the service's path (YuNet + second pass) on the test splits, in
+# the served convention and, for AFLW2000-3D, in its own.
 GUARDED = sorted(
     p
     for p in WEIGHTS.glob("report_*/report.json")
-    if p.parent.name.endswith(("_aflw2000", "_300w", "_test", "_test_detector_second_pass"))
+    if p.parent.name.removesuffix("_own_convention").endswith(
+        ("_aflw2000", "_300w", "_test", "_test_detector_second_pass")
+    )
 )
 
 
@@ -52,6 +55,7 @@ def rerun_args(committed: dict[str, Any], out: Path) -> list[str]:
     elif labels != {"default"}:
         args += ["--labels", labels.pop()]
     args += ["--flip-test"] * committed["flip_test"] + ["--second-pass"] * committed["second_pass"]
+    args += ["--convention", committed.get("convention", "none")]  # reports before conventions: the network's own
     return [*args, *["--align"] * committed["aligned"], "--out", str(out)]
 
 

@@ -60,6 +60,7 @@ def write_reports(folder, scale: float = 1.0) -> None:
             (f"report_aflw2000{suffix}", report(2.5 * k)),
             (f"report_aflw2000{suffix}_detector", detector_report(2.7 * k, 198, 200, "pts", 2.55 * k)),
             (f"report_aflw2000{suffix}_detector_second_pass", detector_report(2.52 * k, 198, 200, "pts", 2.55 * k)),
+            (f"report_aflw2000{suffix}_own_convention", report(2.4 * k)),
             (f"report_300w{suffix}", w300(3.9 * k, 200)),
             (f"report_300w{suffix}_detector", detector_report(4.0 * k, 200, 200, "default", 3.93 * k)),
             (f"report_300w{suffix}_detector_second_pass", detector_report(3.96 * k, 200, 200, "default", 3.93 * k)),
@@ -70,6 +71,11 @@ def write_reports(folder, scale: float = 1.0) -> None:
     (folder / "calibration.json").write_text(
         json.dumps({"tolerance": 0.05, "folds": 5, "per_set": {"aflw2000-3d/val": per_set, "300w-subset/val": per_set}})
     )
+    val = {"none": {"box": 2.9, "inter_ocular": 20.0}, "own": {"box": 2.7, "inter_ocular": 19.0}}
+    (folder / "conventions.json").write_text(json.dumps({"val": {
+        "aflw2000-3d/val": {"convention": "aflw2000", **val, "default": {"box": 3.0, "inter_ocular": 21.0}},
+        "300w-subset/val": {"convention": "300w", **val, "default": val["own"]},
+    }}))  # fmt: skip
     (folder / "log.jsonl").write_text("\n".join(json.dumps({"epoch": e, "val_select": 10 - e}) for e in range(5)))
 
 
@@ -81,6 +87,9 @@ def test_model_card_quotes_the_committed_reports_test_first(tmp_path):
     assert "**AFLW2000-3D test** (200 faces): box NME **5.00 %**" in test_part
     assert "**300-W subset test** (200 faces): inter-ocular NME **7.80 %**" in test_part
     assert "box NME **2.50 %**" in val_part
+    assert "In its own annotation convention (`aflw2000`): **4.80 %**" in test_part
+    assert "| aflw2000-3d/val | aflw2000 | box | 2.900 | 2.700 | 3.000 |" in text
+    assert "| 300w-subset/val | 300w | inter-ocular | 20.000 | 19.000 | 19.000 |" in text
     assert "Best epoch 5 of 5" in text
     assert "| AFLW2000-3D test | box | 99.0 % (198/200) | 5.10 | 5.40 | **5.04** |" in text
     assert "| 300-W subset val | inter-ocular | 100.0 % (200/200) | 3.93 | 4.00 | **3.96** |" in text
