@@ -31,7 +31,7 @@ from model.checkpoint import load_checkpoint, save_checkpoint
 from model.codec import CONFIDENCE_SCORE, Calibration
 from model.engine import EngineOptions
 from model.inference import InferenceModel, load_for_inference
-from training.cli import run_cli
+from training.cli import SPEC, checkpoint_to_checkpoint, run_cli
 from training.config import REPORT_ONLY_SPLITS
 from training.datasets import samples_from_spec
 from training.evaluate import run
@@ -137,13 +137,10 @@ def cross_fit(raw: np.ndarray, hit: np.ndarray, folds: int, seed: int = 0) -> np
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--checkpoint", type=Path, required=True)
-    parser.add_argument("--out", type=Path, required=True, help="checkpoint to write (weights + calibration)")
-    parser.add_argument("--sets", nargs="+", default=list(DEFAULT_SETS), metavar="FORMAT:ROOT:SPLIT[:LABELS]")
+    parser = checkpoint_to_checkpoint(__doc__, "calibration")
+    parser.add_argument("--sets", nargs="+", default=list(DEFAULT_SETS), metavar=SPEC)
     parser.add_argument("--tolerance", type=float, default=0.05)
     parser.add_argument("--folds", type=int, default=5)
-    parser.add_argument("--report-dir", type=Path, default=None, help="default: beside --out")
     return parser
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import logging
 from collections.abc import Callable
+from pathlib import Path
 from typing import TypeVar
 
 from model.artifacts import CheckpointError
@@ -21,3 +22,16 @@ def run_cli(main: Callable[[argparse.Namespace], T], parser: argparse.ArgumentPa
     except (ValueError, CheckpointError) as exc:  # training.datasets.DataError is a ValueError
         logging.getLogger("training").error("%s", exc)
         raise SystemExit(2) from exc
+
+
+SPEC = "FORMAT:ROOT:SPLIT[:LABELS]"  # a data set on the command line (training.datasets.samples_from_spec)
+
+
+def checkpoint_to_checkpoint(description: str | None, writes: str) -> argparse.ArgumentParser:
+    """The parser of a step that reads ``--checkpoint`` and writes ``--out``, the same weights with ``writes``
+    added to the metadata (calibration, conventions)."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--checkpoint", type=Path, required=True)
+    parser.add_argument("--out", type=Path, required=True, help=f"checkpoint to write (weights + {writes})")
+    parser.add_argument("--report-dir", type=Path, default=None, help="default: beside --out")
+    return parser

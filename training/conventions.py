@@ -34,11 +34,11 @@ from model.codec import Convention
 from model.engine import EngineOptions
 from model.inference import InferenceModel, load_for_inference
 from training.calibrate import DEFAULT_SETS as VAL_SETS
-from training.cli import run_cli
+from training.cli import SPEC, checkpoint_to_checkpoint, run_cli
 from training.config import REPORT_ONLY_SPLITS
 from training.datasets import samples_from_spec
 from training.evaluate import run
-from training.label_offsets import box_side
+from training.label_offsets import box_side, group_means
 from training.metrics import NORMALISERS, nme
 
 log = logging.getLogger("training.conventions")
@@ -53,15 +53,7 @@ def estimate(pred: Array, gt: Array, conventions: Sequence[str], min_faces: int 
     """Per convention, the mean residual (label - prediction) per point, ``(K, 2)`` in predicted box sides.
     Conventions with fewer than ``min_faces`` faces are left out (with a warning)."""
     residual = (np.asarray(gt) - np.asarray(pred)) / box_side(np.asarray(pred))[:, None, None]
-    names = np.asarray(conventions)
-    out: dict[str, Array] = {}
-    for name in sorted(set(conventions)):
-        mask = names == name
-        if mask.sum() < min_faces:
-            log.warning("convention %s: %d faces, fewer than %d: not estimated", name, mask.sum(), min_faces)
-            continue
-        out[name] = residual[mask].mean(axis=0)
-    return out
+    return group_means(residual, conventions, min_faces, "convention")
 
 
 def as_convention(name: str, offsets: Array) -> Convention:
@@ -104,13 +96,10 @@ def val_table(engine: InferenceModel, specs: Sequence[str], fitted: dict[str, Co
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--checkpoint", type=Path, required=True)
-    parser.add_argument("--out", type=Path, required=True, help="checkpoint to write (weights + conventions)")
-    parser.add_argument("--train", nargs="+", default=list(TRAIN_SETS), metavar="FORMAT:ROOT:SPLIT[:LABELS]")
-    parser.add_argument("--val", nargs="+", default=list(VAL_SETS), metavar="FORMAT:ROOT:SPLIT[:LABELS]")
+    parser = checkpoint_to_checkpoint(__doc__, "conventions")
+    parser.add_argument("--train", nargs="+", default=list(TRAIN_SETS), metavar=SPEC)
+    parser.add_argument("--val", nargs="+", default=list(VAL_SETS), metavar=SPEC)
     parser.add_argument("--default", default="300w", help="the convention the checkpoint serves unless told")
-    parser.add_argument("--report-dir", type=Path, default=None, help="default: beside --out")
     return parser
 
 

@@ -61,14 +61,20 @@ def estimate(pred: Array, gt: Array, sources: Sequence[str], min_faces: int = 20
     each source's convention that the flip averaged away. Sources with fewer than ``min_faces`` faces are left out.
     """
     residual = (np.asarray(gt) - np.asarray(pred)) / box_side(np.asarray(gt))[:, None, None]
-    names = np.asarray(sources)
+    return {k: antisymmetric(v) for k, v in group_means(residual, sources, min_faces, "source").items()}
+
+
+def group_means(residual: Array, groups: Sequence[str], min_faces: int, what: str) -> dict[str, Array]:
+    """Mean of ``(N, K, 2)`` residuals per group name (``groups``, one per face); a group with fewer than
+    ``min_faces`` faces is left out, with a warning naming it as a ``what``."""
+    names = np.asarray(groups)
     out: dict[str, Array] = {}
-    for source in sorted(set(sources)):
-        mask = names == source
+    for group in sorted(set(groups)):
+        mask = names == group
         if mask.sum() < min_faces:
-            log.warning("source %s: %d faces, fewer than %d: no offset estimated", source, mask.sum(), min_faces)
+            log.warning("%s %s: %d faces, fewer than %d: not estimated", what, group, mask.sum(), min_faces)
             continue
-        out[source] = antisymmetric(residual[mask].mean(axis=0))
+        out[group] = residual[mask].mean(axis=0)
     return out
 
 

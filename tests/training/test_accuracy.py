@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from model.artifacts import WEIGHTS
+from model.artifacts import SHIPPED_CHECKPOINT, WEIGHTS
 from training import evaluate
 from training.ship import card, text_of_card
 
@@ -48,7 +48,8 @@ def pose_maes(report: dict[str, Any]) -> dict[str, float]:
 
 def rerun_args(committed: dict[str, Any], out: Path) -> list[str]:
     labels = set(committed["label_sets"])
-    args = ["--checkpoint", committed["checkpoint"], "--data", committed["data"], "--format", committed["format"]]
+    # the committed checkpoint, wherever training.ship wrote it before it was copied into model/weights
+    args = ["--checkpoint", str(SHIPPED_CHECKPOINT), "--data", committed["data"], "--format", committed["format"]]
     args += ["--split", committed["split"], "--boxes", committed["boxes"], "--precision", committed["precision"]]
     if labels == {"pts", "mat"}:
         args += ["--labels", "both"]
