@@ -170,7 +170,8 @@ def main(args: argparse.Namespace) -> str:
     rows = [r for name in SETS for r in compare(name, args.split, engine, predictor, hog, yunet)]
     lines = [
         f"Machine: {machine()}",
-        f"Checkpoint: {args.checkpoint.name} ({engine.metadata.get('version')}), precision {args.precision}. "
+        f"Checkpoint: {args.checkpoint.name} ({engine.metadata.get('version')}), precision {args.precision}, "
+        f"annotation convention {engine.convention_name} (the served default). "
         "NME (%): box-normalised on AFLW2000-3D, inter-ocular on 300-W.",
         "",
         table(

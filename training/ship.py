@@ -104,6 +104,12 @@ def detector_rows(weights: Path, split: str = "val") -> list[str]:
             f"| {title} | {NORM_NAMES[spec.norm]} | {100 * res['detector_recall']:.1f} % "
             f"({res['faces']}/{res['samples']}) | {ref:.2f} | {d1['nme_mean']:.2f} | **{d2['nme_mean']:.2f}** |"
         )
+        if spec.convention:  # the service's path in the set's own convention (GT boxes on the same faces beside)
+            own = read(weights, folder(spec, split, "_detector_second_pass" + OWN))
+            same = label_set(own, spec.labels)["gt_boxes_same_faces"][spec.norm]["nme_mean"]
+            d2 = block(own, spec.labels)[spec.norm]["stage2"]
+            rows.append(f"| {title}, `{spec.convention}` convention | {NORM_NAMES[spec.norm]} | | {same:.2f} | | "
+                        f"**{d2['nme_mean']:.2f}** |")  # fmt: skip
     return rows
 
 
@@ -222,9 +228,12 @@ def card(weights: Path, text: CardText, version: str | None = None) -> str:
     aflw = read(weights, "report_aflw2000_test")
     yaw = aflw["label_sets"]["pts"]["yaw_bins_box"]
     keys = [k for k in yaw["stage2"] if not k.endswith("_count")]
-    yaw_rows = [
-        f"| {stage} | " + " | ".join(f"{yaw[stage][k]:.2f}" for k in keys) + " |" for stage in ("stage2", "stage1")
-    ]
+    stages = {"stage2": yaw["stage2"], "stage1": yaw["stage1"]}
+    own = weights / "report_aflw2000_test_own_convention" / "report.json"
+    if own.is_file():  # the same faces in AFLW2000-3D's own annotation convention
+        stages = {"stage2": yaw["stage2"], "stage2, `aflw2000` convention": read(weights, own.parent.name)[
+            "label_sets"]["pts"]["yaw_bins_box"]["stage2"], "stage1": yaw["stage1"]}  # fmt: skip
+    yaw_rows = [f"| {stage} | " + " | ".join(f"{row[k]:.2f}" for k in keys) + " |" for stage, row in stages.items()]
     counts = " | ".join(f"{yaw['stage2'][k + '_count']:.0f}" for k in keys[:-1])
     notes = f"\n## Notes on this run\n\n{run_notes.strip()}\n" if run_notes.strip() else ""
     header = "| set | normalisation | stage | NME mean % | NME median % | AUC@0.07 % | fail@0.07 % | fail@0.10 % |"
