@@ -108,7 +108,7 @@ def parse_options(values: dict[str, Any], max_faces_limit: int) -> tuple[TrackOp
                 if not math.isfinite(number):
                     raise ValueError
                 options = replace(options, min_cutoff=number) if name == "min_cutoff" else replace(options, beta=number)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):  # int(inf) overflows: JSON allows Infinity
             raise StreamRefusal(POLICY, "invalid_options", f"{name}={raw!r}: {PARAMETERS[name]}") from None
     problem = options.problem()
     if problem:

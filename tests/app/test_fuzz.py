@@ -1,9 +1,10 @@
 """Property-based fuzzing of the upload endpoint: whatever a client sends, only documented statuses come back."""
 
 import json
+import math
 
 import numpy as np
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from tests.app.conftest import open_client, png_bytes
@@ -58,6 +59,8 @@ option_values = st.one_of(
 
 @settings(max_examples=300, deadline=None)
 @given(st.dictionaries(option_names, option_values, max_size=5))
+@example({"detect_every": math.inf})  # found by this test in CI: int(inf) raised OverflowError, not a refusal
+@example({"max_faces": -math.inf, "min_cutoff": math.nan})
 def test_stream_options_fuzz_are_taken_or_refused_with_1008(values):
     """Whatever a client puts in the query string or its first JSON message: valid options, or a 1008 refusal
     with an `invalid_options` message (never another exception, so never a 500 or a dropped connection)."""
