@@ -107,7 +107,10 @@ def convention_from_metadata(metadata: dict[str, Any], name: str = "default") ->
     if name not in offsets:
         held = ", ".join(["default", "none", *offsets])
         raise ConventionError(f"the checkpoint holds no annotation convention {name!r}; choose one of: {held}")
-    return Convention(name, tuple((float(x), float(y)) for x, y in offsets[name]))
+    linear = stored.get("linear", {}).get(name)  # a shape-dependent part, when one was fitted
+    mean = tuple(float(v) for v in linear["mean"]) if linear else None
+    matrix = tuple(tuple(float(v) for v in row) for row in linear["matrix"]) if linear else None
+    return Convention(name, tuple((float(x), float(y)) for x, y in offsets[name]), mean, matrix)
 
 
 def calibration_from_metadata(metadata: dict[str, Any]) -> Calibration | None:

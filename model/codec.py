@@ -9,6 +9,7 @@ only rescales the loss, and a unit peak makes the confidence below directly inte
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -57,17 +58,38 @@ class Convention:
     labels sit right of AFLW2000-3D's re-annotation of the same features), so it learns the average of their
     conventions and misses each. ``offsets`` ``(K, 2)`` is one source's mean residual (label - prediction) per point
     on its training faces, in units of the longer side of the face's tight landmark box; :meth:`__call__` adds it
-    back, scaled by each face's predicted box, in the crop's frame. Stored in checkpoint metadata by name.
+    back, scaled by each face's predicted box, in the crop's frame. With ``mean`` ``(2K,)`` and ``matrix``
+    ``(2K, 2K)`` the residual also depends linearly on the face's predicted shape (centred on its box, in box
+    sides): ``offsets + (shape - mean) @ matrix``, a ridge fit on the same faces (where a convention differs with
+    pose, e.g. the jaw contour of a turned face). Stored in checkpoint metadata by name.
     """
 
     name: str
     offsets: tuple[tuple[float, float], ...]
+    mean: tuple[float, ...] | None = None
+    matrix: tuple[tuple[float, ...], ...] | None = None
+
+    @functools.cached_property
+    def tensors(self) -> tuple[Tensor, Tensor | None, Tensor | None]:
+        """offsets, mean and matrix as float32 tensors, built once."""
+        linear = self.mean is not None and self.matrix is not None
+        return (
+            torch.tensor(self.offsets, dtype=torch.float32),
+            torch.tensor(self.mean, dtype=torch.float32) if linear else None,
+            torch.tensor(self.matrix, dtype=torch.float32) if linear else None,
+        )
 
     def __call__(self, points: Tensor) -> Tensor:
         """``(..., K, 2)`` points (any pixel unit, crop frame) -> the same in this convention."""
-        side = (points.amax(dim=-2) - points.amin(dim=-2)).amax(dim=-1).clamp_min(1.0)  # (...,)
-        offsets = torch.tensor(self.offsets, dtype=points.dtype, device=points.device)
-        return points + offsets * side[..., None, None]
+        low, high = points.amin(dim=-2), points.amax(dim=-2)  # (..., 2)
+        side = (high - low).amax(dim=-1).clamp_min(1.0)  # (...,)
+        offsets, mean, matrix = (None if t is None else t.to(points) for t in self.tensors)
+        assert offsets is not None
+        residual = offsets.expand_as(points)
+        if mean is not None and matrix is not None:
+            shape = (points - (low + high)[..., None, :] / 2) / side[..., None, None]
+            residual = residual + ((shape.flatten(-2) - mean) @ matrix).reshape(points.shape)
+        return points + residual * side[..., None, None]
 
 
 def encode(points: Tensor, size: int, sigma: float) -> Tensor:

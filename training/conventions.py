@@ -44,8 +44,11 @@ from training.metrics import NORMALISERS, nme
 log = logging.getLogger("training.conventions")
 
 Array = NDArray[np.float64]
+Predictions = tuple[Array, Array, list[str], str]  # points, labels, each face's convention, the set's name
 UNIT = "longer side of the predicted points' tight box"
 CONVENTION_OF = {"aflw2000": "aflw2000", "helen": "300w", "lfpw": "300w", "afw": "300w", "ibug": "300w"}
+MIN_FACES = 20  # a convention is fitted from at least this many training faces
+RIDGE = (0.03, 0.1, 0.3, 1.0, 3.0)  # ridge strengths tried for the shape-dependent part, chosen on val
 TRAIN_SETS = ("aflw2000:../shared/data/aflw2000-3d:train:pts", "pts_folder:../shared/data/300w-subset:train")
 
 
@@ -56,8 +59,34 @@ def estimate(pred: Array, gt: Array, conventions: Sequence[str], min_faces: int 
     return group_means(residual, conventions, min_faces, "convention")
 
 
-def as_convention(name: str, offsets: Array) -> Convention:
-    return Convention(name, tuple((float(x), float(y)) for x, y in offsets))
+def as_convention(name: str, offsets: Array, linear: tuple[Array, Array] | None = None) -> Convention:
+    mean, matrix = linear if linear is not None else (None, None)
+    return Convention(
+        name,
+        tuple((float(x), float(y)) for x, y in offsets),
+        None if mean is None else tuple(float(v) for v in mean),
+        None if matrix is None else tuple(tuple(float(v) for v in row) for row in matrix),
+    )
+
+
+def shapes(points: Array) -> tuple[Array, Array]:
+    """``(N, 2K)`` shapes centred on their box and in box sides, and each box's longer side ``(N,)``: what
+    :class:`model.codec.Convention` regresses the residual on."""
+    low, high = points.min(axis=1), points.max(axis=1)
+    side = np.maximum((high - low).max(axis=1), 1.0)
+    centred = (points - ((low + high) / 2)[:, None]) / side[:, None, None]
+    return centred.reshape(len(points), -1), side
+
+
+def fit_linear(pred: Array, gt: Array, ridge: float) -> tuple[Array, Array, Array]:
+    """Ridge regression of the residual (label - prediction, in box sides) on the predicted shape: the intercept
+    ``(K, 2)`` (the mean residual, at the mean shape), the mean shape ``(2K,)`` and the matrix ``(2K, 2K)``."""
+    x, side = shapes(pred)
+    y = ((gt - pred) / side[:, None, None]).reshape(len(pred), -1)
+    mean_x, mean_y = x.mean(axis=0), y.mean(axis=0)
+    a = x - mean_x
+    matrix = np.linalg.solve(a.T @ a + ridge * np.eye(a.shape[1]), a.T @ (y - mean_y))
+    return mean_y.reshape(-1, 2), mean_x, matrix
 
 
 def apply(convention: Convention | None, points: Array) -> Array:
@@ -81,11 +110,10 @@ def predict(engine: InferenceModel, spec: str, role: str) -> tuple[Array, Array,
     return ev.points, gt, [CONVENTION_OF[s.source] for s in ev.samples], f"{Path(root).name}/{split}"
 
 
-def val_table(engine: InferenceModel, specs: Sequence[str], fitted: dict[str, Convention], default: str) -> dict:
+def val_table(val: Sequence[Predictions], fitted: dict[str, Convention], default: str) -> dict[str, Any]:
     """Per val set: mean NME (%, box and inter-ocular) with no convention, its own, and the default."""
     table: dict[str, Any] = {}
-    for spec in specs:
-        pred, gt, names, set_name = predict(engine, spec, "val")
+    for pred, gt, names, set_name in val:
         own = max(set(names), key=names.count)
         row: dict[str, Any] = {"faces": len(gt), "convention": own}
         for label, convention in (("none", None), ("own", fitted.get(own)), ("default", fitted[default])):
@@ -103,33 +131,62 @@ def get_args_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def own_nme(convention: Convention | None, val: Sequence[Predictions], name: str) -> float:
+    """Mean box NME (%) of the val faces of convention ``name`` in ``convention``."""
+    errors = [nme(apply(convention, p), g, NORMALISERS["box"](g))[np.asarray(n) == name] for p, g, n, _ in val]
+    return 100 * float(np.concatenate(errors).mean())
+
+
+def choose(name: str, pred: Array, gt: Array, val: Sequence[Predictions]) -> tuple[Convention, dict[str, Any]]:
+    """The convention ``name`` as offsets alone or with the shape-dependent part at the ridge strength that serves
+    its val faces best (box NME); each candidate's val NME is returned for the record."""
+    offsets = estimate(pred, gt, [name] * len(pred))[name]
+    candidates = {"offsets": as_convention(name, offsets)}
+    for ridge in RIDGE:
+        intercept, mean, matrix = fit_linear(pred, gt, ridge)
+        candidates[f"linear, ridge {ridge:g}"] = as_convention(name, intercept, (mean, matrix))
+    scores = {label: own_nme(c, val, name) for label, c in candidates.items()}
+    best = min(scores, key=lambda label: scores[label])
+    return candidates[best], {"chosen": best, "val_box_nme": scores}
+
+
 def main(args: argparse.Namespace) -> dict[str, Any]:
     options = EngineOptions(device="cpu", precision="fp32", cuda_graphs=False, convention="none")
     engine = load_for_inference(args.checkpoint, options)  # the network's own points
     parts = [predict(engine, spec, "train") for spec in args.train]
+    val = [predict(engine, spec, "val") for spec in args.val]
     pred, gt = np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
-    offsets = estimate(pred, gt, [name for p in parts for name in p[2]])
-    if args.default not in offsets:
-        raise ValueError(f"--default {args.default!r} was not estimated (fitted: {sorted(offsets)})")
-    fitted = {name: as_convention(name, value) for name, value in offsets.items()}
-    faces = {name: sum(n == name for p in parts for n in p[2]) for name in offsets}
+    names = np.asarray([name for p in parts for name in p[2]])
+    faces = {str(k): int((names == k).sum()) for k in sorted(set(names)) if (names == k).sum() >= MIN_FACES}
+    if args.default not in faces:
+        raise ValueError(f"--default {args.default!r} has fewer than {MIN_FACES} training faces (have: {faces})")
+    fitted, choices = {}, {}
+    for name in faces:
+        fitted[name], choices[name] = choose(name, pred[names == name], gt[names == name], val)
     summary: dict[str, Any] = {
         "checkpoint": str(args.checkpoint),
         "unit": UNIT,
         "default": args.default,
         "train": list(args.train),
         "faces": faces,
-        "mean_abs_offset_percent": {k: (100 * np.abs(v).mean(axis=0)).round(3).tolist() for k, v in offsets.items()},
-        "val": val_table(engine, args.val, fitted, args.default),
+        "choices": choices,
+        "val": val_table(val, fitted, args.default),
     }
     net, config, metadata = load_checkpoint(args.checkpoint)
-    stored = {k: np.round(v, 6).tolist() for k, v in offsets.items()}
-    conventions = {"default": args.default, "unit": UNIT, "train": list(args.train), "faces": faces, "offsets": stored}
+    conventions: dict[str, Any] = {"default": args.default, "unit": UNIT, "train": list(args.train), "faces": faces}
+    conventions["offsets"] = {k: np.round(np.asarray(c.offsets), 6).tolist() for k, c in fitted.items()}
+    conventions["linear"] = {
+        k: {"mean": list(c.mean), "matrix": [list(row) for row in c.matrix]}
+        for k, c in fitted.items()
+        if c.mean is not None and c.matrix is not None
+    }
     save_checkpoint(args.out, net, config, {**metadata, "conventions": conventions})
     log.info("wrote %s", args.out)
     report_dir = args.report_dir or args.out.parent
     report_dir.mkdir(parents=True, exist_ok=True)
     (report_dir / "conventions.json").write_text(json.dumps(summary, indent=2) + "\n")
+    for name, choice in choices.items():
+        log.info("%s: %s (val box NME %s)", name, choice["chosen"], choice["val_box_nme"])
     for set_name, row in summary["val"].items():
         log.info(
             "%s (%s): box NME %.3f none, %.3f own, %.3f default",

@@ -140,6 +140,13 @@ def headline(weights: Path, split: str) -> list[str]:
     return lines
 
 
+def convention_choices(weights: Path) -> str:
+    """What was chosen on val for each convention: the offsets alone, or the linear part at which ridge."""
+    path = weights / "conventions.json"
+    choices = json.loads(path.read_text()).get("choices", {}) if path.is_file() else {}
+    return "; ".join(f"`{name}`: {choice['chosen']}" for name, choice in choices.items()) or "offsets alone"
+
+
 def convention_rows(weights: Path) -> list[str]:
     """The val table of ``conventions.json``: NME with no convention, the set's own and the served default."""
     path = weights / "conventions.json"
@@ -272,10 +279,11 @@ thousand images at 128² with 32² heatmaps, and the 300-W faces here are held-o
 
 ## Annotation conventions
 
-The network learns the average of its training sets' annotation conventions; each convention's mean offset per
-point, fitted on its train split (`python -m training.conventions`, `conventions.json`), is added back to the
-points it serves: 300-W's by default (`LANDMARKS_CONVENTION`), AFLW2000-3D's on request. NME on the val splits
-(ground-truth boxes) with no convention, the set's own, and the served default:
+The network learns the average of its training sets' annotation conventions; each convention's residual,
+fitted on its train split (`python -m training.conventions`, `conventions.json`) as a mean offset per point plus,
+where it serves val better, a ridge regression on the face's predicted shape ({convention_choices(weights)}),
+is added back to the points it serves: 300-W's by default (`LANDMARKS_CONVENTION`), AFLW2000-3D's on request. NME on
+the val splits (ground-truth boxes) with no convention, the set's own, and the served default:
 
 | val set | its convention | normalisation | none % | own % | default (served) % |
 |---|---|---|---|---|---|

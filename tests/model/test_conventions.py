@@ -70,3 +70,19 @@ def test_the_engine_adds_the_chosen_convention_to_the_final_points_only(conv_che
         np.testing.assert_array_equal(y.confidence, x.confidence)
     with pytest.raises(CheckpointError, match="choose one of"):
         load_for_inference(conv_checkpoint, EngineOptions(**fp32, convention="helen"))
+
+
+def test_a_stored_shape_dependent_part_is_read_and_moves_points_with_the_shape():
+    meta = metadata()
+    matrix = np.zeros((2 * K, 2 * K))
+    matrix[0, 0] = 0.5  # point 0's x residual grows with point 0's x in the box
+    meta["conventions"]["linear"] = {"300w": {"mean": [0.0] * (2 * K), "matrix": matrix.tolist()}}
+    convention = convention_from_metadata(meta)
+    assert convention.matrix is not None
+    points = torch.zeros(2, K, 2)
+    points[:, 1:, 0] = torch.linspace(0, 100, K - 1)  # a face 100 px wide (and 0 high: side 100)
+    points[0, 0, 0], points[1, 0, 0] = 0.0, 100.0  # point 0 at the left edge, then at the right edge
+    moved = convention(points) - points
+    # shape x of point 0: -0.5 and +0.5 box sides; residual 0.01 + 0.5 * x, times the side (100 px)
+    torch.testing.assert_close(moved[:, 0, 0], torch.tensor([0.01 - 0.25, 0.01 + 0.25]) * 100)
+    torch.testing.assert_close(moved[:, 1:], torch.tensor(SHIFT[1:]).expand(2, K - 1, 2) * 100)

@@ -17,3 +17,22 @@ def test_training_conventions_estimates_the_mean_residual_per_convention():
     fitted = estimate(pred, gt, names, min_faces=20)
     assert set(fitted) == {"300w"}  # 10 faces are too few
     np.testing.assert_allclose(fitted["300w"], offsets, atol=1e-12)
+
+
+def test_a_shape_dependent_residual_is_fitted_and_the_engine_applies_it_as_fitted():
+    """A residual that moves with the face's shape (as a turned face's jaw convention does) is recovered by the ridge
+    fit, and model.codec.Convention applies the fit exactly as training.conventions measured it."""
+    from training.conventions import apply, as_convention, fit_linear, shapes
+
+    rng = np.random.default_rng(1)
+    base = rng.uniform(0, 1, (K, 2))
+    pred = (
+        base[None] * rng.uniform(80, 120, (300, 1, 1)) + rng.normal(0, 2, (300, K, 2)) + rng.uniform(0, 50, (300, 1, 2))
+    )
+    x, side = shapes(pred)
+    true = rng.normal(0, 0.05, (2 * K, 2 * K))
+    gt = pred + (0.01 + (x - x.mean(0)) @ true).reshape(-1, K, 2) * side[:, None, None]
+    intercept, mean, matrix = fit_linear(pred, gt, ridge=1e-6)
+    convention = as_convention("x", intercept, (mean, matrix))
+    np.testing.assert_allclose(apply(convention, pred), gt, atol=1e-3)  # float32 in the engine
+    assert abs(np.abs(apply(as_convention("x", intercept), pred) - gt).mean()) > 0.1  # offsets alone miss it
