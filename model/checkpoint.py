@@ -108,9 +108,16 @@ def convention_from_metadata(metadata: dict[str, Any], name: str = "default") ->
         held = ", ".join(["default", "none", *offsets])
         raise ConventionError(f"the checkpoint holds no annotation convention {name!r}; choose one of: {held}")
     linear = stored.get("linear", {}).get(name)  # a shape-dependent part, when one was fitted
-    mean = tuple(float(v) for v in linear["mean"]) if linear else None
-    matrix = tuple(tuple(float(v) for v in row) for row in linear["matrix"]) if linear else None
-    return Convention(name, tuple((float(x), float(y)) for x, y in offsets[name]), mean, matrix)
+    gate = stored.get("gate", {}).get(name)  # beyond this radius, another convention
+    fallback = convention_from_metadata({"conventions": {**stored, "gate": {}}}, gate["fallback"]) if gate else None
+    return Convention(
+        name,
+        tuple((float(x), float(y)) for x, y in offsets[name]),
+        tuple(float(v) for v in linear["mean"]) if linear else None,
+        tuple(tuple(float(v) for v in row) for row in linear["matrix"]) if linear else None,
+        float(gate["radius"]) if gate else None,
+        fallback,
+    )
 
 
 def calibration_from_metadata(metadata: dict[str, Any]) -> Calibration | None:

@@ -61,13 +61,18 @@ class Convention:
     back, scaled by each face's predicted box, in the crop's frame. With ``mean`` ``(2K,)`` and ``matrix``
     ``(2K, 2K)`` the residual also depends linearly on the face's predicted shape (centred on its box, in box
     sides): ``offsets + (shape - mean) @ matrix``, a ridge fit on the same faces (where a convention differs with
-    pose, e.g. the jaw contour of a turned face). Stored in checkpoint metadata by name.
+    pose, e.g. the jaw contour of a turned face). A shape farther than ``radius`` (RMS distance from ``mean``, in
+    box sides) from the faces it was fitted on gets the ``fallback`` convention instead, fitted on faces like it (the
+    300-W convention's regression was fitted on near-frontal faces and would extrapolate on a face turned away; it
+    falls back to AFLW2000-3D's, fitted on every pose). Stored in checkpoint metadata by name.
     """
 
     name: str
     offsets: tuple[tuple[float, float], ...]
     mean: tuple[float, ...] | None = None
     matrix: tuple[tuple[float, ...], ...] | None = None
+    radius: float | None = None
+    fallback: Convention | None = None
 
     @functools.cached_property
     def tensors(self) -> tuple[Tensor, Tensor | None, Tensor | None]:
@@ -86,10 +91,14 @@ class Convention:
         offsets, mean, matrix = (None if t is None else t.to(points) for t in self.tensors)
         assert offsets is not None
         residual = offsets.expand_as(points)
-        if mean is not None and matrix is not None:
-            shape = (points - (low + high)[..., None, :] / 2) / side[..., None, None]
-            residual = residual + ((shape.flatten(-2) - mean) @ matrix).reshape(points.shape)
-        return points + residual * side[..., None, None]
+        if mean is None or matrix is None:
+            return points + residual * side[..., None, None]
+        shape = ((points - (low + high)[..., None, :] / 2) / side[..., None, None]).flatten(-2) - mean
+        moved = points + (residual + (shape @ matrix).reshape(points.shape)) * side[..., None, None]
+        if self.radius is None or self.fallback is None:
+            return moved
+        inside = shape.square().mean(dim=-1).sqrt() <= self.radius  # (...,)
+        return torch.where(inside[..., None, None], moved, self.fallback(points))
 
 
 def encode(points: Tensor, size: int, sigma: float) -> Tensor:

@@ -22,6 +22,7 @@ import argparse
 import json
 import logging
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +50,7 @@ UNIT = "longer side of the predicted points' tight box"
 CONVENTION_OF = {"aflw2000": "aflw2000", "helen": "300w", "lfpw": "300w", "afw": "300w", "ibug": "300w"}
 MIN_FACES = 20  # a convention is fitted from at least this many training faces
 RIDGE = (0.03, 0.1, 0.3, 1.0, 3.0)  # ridge strengths tried for the shape-dependent part, chosen on val
+GATE_PERCENTILE = 99.0  # the default's regression serves the shapes within this share of its training faces
 TRAIN_SETS = ("aflw2000:../shared/data/aflw2000-3d:train:pts", "pts_folder:../shared/data/300w-subset:train")
 
 
@@ -150,6 +152,21 @@ def choose(name: str, pred: Array, gt: Array, val: Sequence[Predictions]) -> tup
     return candidates[best], {"chosen": best, "val_box_nme": scores}
 
 
+def gate_default(
+    fitted: dict[str, Convention], default: str, pred: Array, faces: dict[str, int]
+) -> dict[str, Any] | None:
+    """Where the default convention's shape regression stops: the RMS shape distance (box sides) from its mean
+    that :data:`GATE_PERCENTILE` % of its own training faces lie within; beyond it, the convention with the most
+    other training faces takes over. ``None`` when the default has no regression or there is no other."""
+    convention, others = fitted[default], [k for k in fitted if k != default]
+    if convention.mean is None or not others:
+        return None
+    x, _ = shapes(pred)
+    distance = np.sqrt(((x - np.asarray(convention.mean)) ** 2).mean(axis=1))
+    radius = float(np.percentile(distance, GATE_PERCENTILE))
+    return {"fallback": max(others, key=lambda k: faces[k]), "radius": radius, "percentile": GATE_PERCENTILE}
+
+
 def main(args: argparse.Namespace) -> dict[str, Any]:
     options = EngineOptions(device="cpu", precision="fp32", cuda_graphs=False, convention="none")
     engine = load_for_inference(args.checkpoint, options)  # the network's own points
@@ -163,6 +180,10 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     fitted, choices = {}, {}
     for name in faces:
         fitted[name], choices[name] = choose(name, pred[names == name], gt[names == name], val)
+    gate = gate_default(fitted, args.default, pred[names == args.default], faces)
+    if gate:
+        fallback = fitted[gate["fallback"]]
+        fitted[args.default] = replace(fitted[args.default], radius=gate["radius"], fallback=fallback)
     summary: dict[str, Any] = {
         "checkpoint": str(args.checkpoint),
         "unit": UNIT,
@@ -170,6 +191,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         "train": list(args.train),
         "faces": faces,
         "choices": choices,
+        "gate": gate,
         "val": val_table(val, fitted, args.default),
     }
     net, config, metadata = load_checkpoint(args.checkpoint)
@@ -180,6 +202,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         for k, c in fitted.items()
         if c.mean is not None and c.matrix is not None
     }
+    conventions["gate"] = {args.default: gate} if gate else {}
     save_checkpoint(args.out, net, config, {**metadata, "conventions": conventions})
     log.info("wrote %s", args.out)
     report_dir = args.report_dir or args.out.parent

@@ -86,3 +86,22 @@ def test_a_stored_shape_dependent_part_is_read_and_moves_points_with_the_shape()
     # shape x of point 0: -0.5 and +0.5 box sides; residual 0.01 + 0.5 * x, times the side (100 px)
     torch.testing.assert_close(moved[:, 0, 0], torch.tensor([0.01 - 0.25, 0.01 + 0.25]) * 100)
     torch.testing.assert_close(moved[:, 1:], torch.tensor(SHIFT[1:]).expand(2, K - 1, 2) * 100)
+
+
+def test_a_shape_beyond_the_radius_gets_the_fallback_convention():
+    """The default's regression serves the shapes it was fitted on; a face whose shape lies farther from their mean
+    than the stored radius (a face turned away, for 300-W's) gets the fallback convention instead."""
+    meta = metadata()
+    zero = np.zeros((2 * K, 2 * K)).tolist()
+    meta["conventions"]["linear"] = {"300w": {"mean": [0.0] * (2 * K), "matrix": zero}}
+    meta["conventions"]["gate"] = {"300w": {"fallback": "aflw2000", "radius": 0.25}}
+    convention = convention_from_metadata(meta)
+    assert convention.fallback is not None
+    assert convention.fallback.name == "aflw2000"
+    near = torch.zeros(1, K, 2)
+    near[0, :, 0] = torch.linspace(-50, 50, K)  # RMS distance from the zero mean shape: 0.20 box sides
+    far = near.clone()
+    far[0, :, 1] = torch.linspace(-50, 50, K)  # 0.29
+    moved_near, moved_far = convention(near) - near, convention(far) - far
+    torch.testing.assert_close(moved_near[0, 0], torch.tensor(SHIFT[0]) * 100)  # 300-W's offsets
+    torch.testing.assert_close(moved_far[0, 0], torch.tensor([-0.01, 0.0]) * 100)  # AFLW2000-3D's

@@ -36,3 +36,22 @@ def test_a_shape_dependent_residual_is_fitted_and_the_engine_applies_it_as_fitte
     convention = as_convention("x", intercept, (mean, matrix))
     np.testing.assert_allclose(apply(convention, pred), gt, atol=1e-3)  # float32 in the engine
     assert abs(np.abs(apply(as_convention("x", intercept), pred) - gt).mean()) > 0.1  # offsets alone miss it
+
+
+def test_the_default_regression_is_gated_at_its_training_faces_99th_percentile():
+    from training.conventions import as_convention, gate_default, shapes
+
+    rng = np.random.default_rng(2)
+    pred = rng.uniform(0, 100, (200, K, 2))
+    x, _ = shapes(pred)
+    linear = (x.mean(0), np.zeros((2 * K, 2 * K)))
+    fitted = {
+        "300w": as_convention("300w", np.zeros((K, 2)), linear),
+        "aflw2000": as_convention("aflw2000", np.zeros((K, 2))),
+    }
+    gate = gate_default(fitted, "300w", pred, {"300w": 200, "aflw2000": 100})
+    assert gate is not None
+    assert gate["fallback"] == "aflw2000"
+    distance = np.sqrt(((x - x.mean(0)) ** 2).mean(1))
+    assert (distance <= gate["radius"]).mean() == 0.99
+    assert gate_default(fitted, "aflw2000", pred, {"300w": 200, "aflw2000": 100}) is None  # no regression: no gate
