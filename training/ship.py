@@ -143,8 +143,13 @@ def headline(weights: Path, split: str) -> list[str]:
 def convention_choices(weights: Path) -> str:
     """What was chosen on val for each convention: the offsets alone, or the linear part at which ridge."""
     path = weights / "conventions.json"
-    choices = json.loads(path.read_text()).get("choices", {}) if path.is_file() else {}
-    return "; ".join(f"`{name}`: {choice['chosen']}" for name, choice in choices.items()) or "offsets alone"
+    body = json.loads(path.read_text()) if path.is_file() else {}
+    text = "; ".join(f"`{name}`: {choice['chosen']}" for name, choice in body.get("choices", {}).items())
+    gate = body.get("gate")
+    if gate:
+        text += (f"; the default's regression serves the shapes within {gate['percentile']:g} % of its training faces "
+                 f"and falls back to `{gate['fallback']}` beyond them")  # fmt: skip
+    return text or "offsets alone"
 
 
 def convention_rows(weights: Path) -> list[str]:
