@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -75,20 +76,23 @@ class Convention:
     fallback: Convention | None = None
 
     @functools.cached_property
-    def tensors(self) -> tuple[Tensor, Tensor | None, Tensor | None]:
-        """offsets, mean and matrix as float32 tensors, built once."""
+    def arrays(self) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+        """offsets, mean and matrix as float32 arrays, built once (arrays, not tensors: a tensor made while
+        ``torch.onnx.export`` traces would be a tracing tensor, unusable after it)."""
         linear = self.mean is not None and self.matrix is not None
         return (
-            torch.tensor(self.offsets, dtype=torch.float32),
-            torch.tensor(self.mean, dtype=torch.float32) if linear else None,
-            torch.tensor(self.matrix, dtype=torch.float32) if linear else None,
+            np.asarray(self.offsets, dtype=np.float32),
+            np.asarray(self.mean, dtype=np.float32) if linear else None,
+            np.asarray(self.matrix, dtype=np.float32) if linear else None,
         )
 
     def __call__(self, points: Tensor) -> Tensor:
         """``(..., K, 2)`` points (any pixel unit, crop frame) -> the same in this convention."""
         low, high = points.amin(dim=-2), points.amax(dim=-2)  # (..., 2)
         side = (high - low).amax(dim=-1).clamp_min(1.0)  # (...,)
-        offsets, mean, matrix = (None if t is None else t.to(points) for t in self.tensors)
+        offsets, mean, matrix = (
+            None if a is None else torch.as_tensor(a, dtype=points.dtype, device=points.device) for a in self.arrays
+        )
         assert offsets is not None
         residual = offsets.expand_as(points)
         if mean is None or matrix is None:
