@@ -50,6 +50,14 @@ class Calibration:
         return out
 
 
+def face_shape(points: Tensor) -> tuple[Tensor, Tensor]:
+    """``(..., K, 2)`` points -> the shape ``(..., 2K)``, centred on its tight box and in units of the box's longer
+    side (at least 1), and that side ``(...,)``: what a :class:`Convention` regresses on, here and when fitted."""
+    low, high = points.amin(dim=-2), points.amax(dim=-2)  # (..., 2)
+    side = (high - low).amax(dim=-1).clamp_min(1.0)
+    return ((points - (low + high)[..., None, :] / 2) / side[..., None, None]).flatten(-2), side
+
+
 @dataclass(frozen=True)
 class Convention:
     """An annotation convention: where one set of annotators puts each point relative to where the network finds
@@ -88,8 +96,7 @@ class Convention:
 
     def __call__(self, points: Tensor) -> Tensor:
         """``(..., K, 2)`` points (any pixel unit, crop frame) -> the same in this convention."""
-        low, high = points.amin(dim=-2), points.amax(dim=-2)  # (..., 2)
-        side = (high - low).amax(dim=-1).clamp_min(1.0)  # (...,)
+        centred, side = face_shape(points)
         offsets, mean, matrix = (
             None if a is None else torch.as_tensor(a, dtype=points.dtype, device=points.device) for a in self.arrays
         )
@@ -97,7 +104,7 @@ class Convention:
         residual = offsets.expand_as(points)
         if mean is None or matrix is None:
             return points + residual * side[..., None, None]
-        shape = ((points - (low + high)[..., None, :] / 2) / side[..., None, None]).flatten(-2) - mean
+        shape = centred - mean
         moved = points + (residual + (shape @ matrix).reshape(points.shape)) * side[..., None, None]
         if self.radius is None or self.fallback is None:
             return moved

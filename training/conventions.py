@@ -31,7 +31,7 @@ import torch
 from numpy.typing import NDArray
 
 from model.checkpoint import load_checkpoint, save_checkpoint
-from model.codec import Convention
+from model.codec import Convention, face_shape
 from model.engine import EngineOptions
 from model.inference import InferenceModel, load_for_inference
 from training.calibrate import DEFAULT_SETS as VAL_SETS
@@ -72,12 +72,9 @@ def as_convention(name: str, offsets: Array, linear: tuple[Array, Array] | None 
 
 
 def shapes(points: Array) -> tuple[Array, Array]:
-    """``(N, 2K)`` shapes centred on their box and in box sides, and each box's longer side ``(N,)``: what
-    :class:`model.codec.Convention` regresses the residual on."""
-    low, high = points.min(axis=1), points.max(axis=1)
-    side = np.maximum((high - low).max(axis=1), 1.0)
-    centred = (points - ((low + high) / 2)[:, None]) / side[:, None, None]
-    return centred.reshape(len(points), -1), side
+    """``(N, 2K)`` shapes and box sides ``(N,)`` as :func:`model.codec.face_shape` makes them for the engine."""
+    centred, side = face_shape(torch.from_numpy(np.asarray(points, dtype=np.float64)))
+    return centred.numpy(), side.numpy()
 
 
 def fit_linear(pred: Array, gt: Array, ridge: float) -> tuple[Array, Array, Array]:
