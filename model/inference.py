@@ -18,7 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from model.checkpoint import calibration_from_metadata, convention_from_metadata, load_checkpoint
-from model.codec import Calibration, Convention, confidence, decode
+from model.codec import DECODE_BLUR_SIGMA, Calibration, Convention, confidence, decode
 from model.config import ModelConfig
 from model.engine import Crop, EngineOptions, Landmarks, NamedModel, blank_crops
 from model.geometry import heatmap_to_crop
@@ -181,6 +181,7 @@ class InferenceModel(NamedModel):
     convention: Convention | None = None  # added to the final points (stage 1's stay the network's own)
     metadata: dict[str, Any] = field(default_factory=dict)
     flip_test: bool = False  # also run the mirrored crop and average the heatmaps (2x the compute)
+    decode_blur: float = DECODE_BLUR_SIGMA  # smoothing before the peak is located (model.codec.decode)
     cuda_graphs: bool = False
     max_batch_size: int = 64
     _graphs: CudaGraphs | None = field(default=None, init=False, repr=False)
@@ -213,8 +214,8 @@ class InferenceModel(NamedModel):
             heatmaps = self.net(x)
             if self.flip_test:
                 heatmaps = _average_with_flip(heatmaps, self.net(x.flip(-1)))
-        points, peak = decode(heatmaps.refined)
-        coarse_points, coarse_peak = decode(heatmaps.coarse)
+        points, peak = decode(heatmaps.refined, self.decode_blur)
+        coarse_points, coarse_peak = decode(heatmaps.coarse, self.decode_blur)
         return points, peak, coarse_points, coarse_peak
 
     def finish(self, heads: Heads, inverse: Tensor, with_coarse: bool) -> list[Tensor]:
@@ -341,6 +342,7 @@ def prepare(
         convention=convention,
         metadata=metadata or {},
         flip_test=options.flip_test,
+        decode_blur=float((metadata or {}).get("decode_blur_sigma", DECODE_BLUR_SIGMA)),
         cuda_graphs=options.cuda_graphs,
         max_batch_size=options.max_batch_size,
     )

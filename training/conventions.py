@@ -200,7 +200,9 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         if c.mean is not None and c.matrix is not None
     }
     conventions["gate"] = {args.default: gate} if gate else {}
-    save_checkpoint(args.out, net, config, {**metadata, "conventions": conventions})
+    # the conventions are fitted on this decoder's points: the checkpoint is served with the same one
+    fits = {"conventions": conventions, "decode_blur_sigma": engine.decode_blur}
+    save_checkpoint(args.out, net, config, {**metadata, **fits})
     log.info("wrote %s", args.out)
     report_dir = args.report_dir or args.out.parent
     report_dir.mkdir(parents=True, exist_ok=True)

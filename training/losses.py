@@ -55,9 +55,10 @@ def adaptive_wing(
 def decoded_l1(pred: Tensor, points: Tensor) -> Tensor:
     """L1 distance (x + y, heatmap pixels) between the points the service decodes from ``pred`` and ``points``
     ``(B, K, 2)``, summed over the points, averaged over the batch. The decode is the served one
-    (:func:`model.codec.decode`: arg-max, then a parabola through the log of the peak and its neighbours), whose
-    sub-pixel step is differentiable in the five heatmap values around the peak: it rewards exactly the sub-pixel
-    precision that is served, which the heatmap L2 only rewards indirectly."""
+    (:func:`model.codec.decode`: a small Gaussian smoothing, arg-max, then a parabola through the log of the peak
+    and its neighbours), whose sub-pixel step is differentiable in the heatmap values around the peak: it rewards
+    exactly the sub-pixel precision that is served, which the heatmap L2 only rewards indirectly. (Runs before
+    2026-12-07's round 5 decoded without the smoothing.)"""
     decoded, _ = decode(pred)
     valid = torch.isfinite(points).all(-1, keepdim=True)
     error = torch.where(valid, (decoded - points.float()).abs(), torch.zeros_like(decoded))

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from model.codec import Calibration, confidence, decode, encode, peak_height
+from model.codec import Calibration, confidence, decode, encode, peak_height, smooth
 
 
 def test_encode_decode_round_trip_is_sub_pixel():
@@ -12,6 +12,38 @@ def test_encode_decode_round_trip_is_sub_pixel():
     decoded, confidence = decode(heatmaps)
     assert (decoded - points).abs().max() < 0.05
     assert ((confidence > 0.7) & (confidence <= 1.0)).all()
+
+
+def test_smoothing_keeps_clean_centres_and_halves_the_error_on_noisy_peaks():
+    gen = torch.Generator().manual_seed(1)
+    points = 4 + torch.rand(32, 68, 2, generator=gen) * 23  # at least 4 px from the border of a 32x32 map
+    clean = encode(points, size=32, sigma=1.5)
+    assert (decode(clean)[0] - points).abs().max() < 1e-3
+    noisy = clean + 0.05 * torch.randn(clean.shape, generator=gen)
+    raw_error = (decode(noisy, blur_sigma=0)[0] - points).norm(dim=-1).mean()
+    smoothed_error = (decode(noisy)[0] - points).norm(dim=-1).mean()
+    assert smoothed_error < 0.5 * raw_error
+    torch.testing.assert_close(decode(noisy)[1], peak_height(noisy))  # the peak is the unsmoothed map's
+
+
+def test_smooth_is_identity_at_zero_linear_and_keeps_mass_inside():
+    hm = torch.zeros(1, 2, 9, 9)
+    hm[0, 0, 4, 4] = 1.0
+    hm[0, 1, 2, 3] = -1.0
+    assert smooth(hm, 0) is hm
+    blurred = smooth(hm, 1.0)
+    assert blurred[0, 0].sum() == pytest.approx(1.0, abs=1e-6)  # the kernel sums to 1
+    assert blurred[0, 0].argmax() == 4 * 9 + 4
+    torch.testing.assert_close(smooth(hm.flip(-1), 1.0), blurred.flip(-1))  # mirroring commutes with it
+    assert blurred[0, 1].sum() == pytest.approx(-1.0, abs=1e-6)  # linear: negative values are smoothed too
+
+
+def test_smoothing_near_the_edge_pulls_inward_by_at_most_a_tenth_of_a_pixel():
+    x = torch.linspace(1.5, 4.0, 11)
+    points = torch.stack([x, torch.full_like(x, 16.0)], dim=-1)[None]  # (1, 11, 2) nearing the left edge
+    error = decode(encode(points, size=32, sigma=1.5))[0][0, :, 0] - x
+    assert (error >= -2e-4).all()  # inward (towards the centre) or exact to float precision
+    assert error.max() < 0.1
 
 
 def test_encode_peak_is_one_on_a_pixel_centre_and_has_no_rounding():
