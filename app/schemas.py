@@ -19,7 +19,7 @@ class HeadPose(BaseModel):
     )
     pitch: float = Field(description="degrees; > 0: the face tilts up (looks up)")
     roll: float = Field(description="degrees; > 0: the face turns clockwise in the image")
-    confidence: float = Field(description="0-1, from how well the 3D head fits the points (1: exactly)")
+    confidence: float = Field(description="0-1: the mean confidence of the points the pose was fitted to")
 
 
 class FaceResult(BaseModel):

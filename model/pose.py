@@ -17,7 +17,10 @@ is built from the AFLW2000-3D train split and ships beside the checkpoint (``mod
 
 **Honest failure**: :func:`estimate_pose` returns no angles, with a reason, when fewer than ``min_points``
 points are confident, when the points are degenerate (collinear, or a projection no rotation can make), or when
-the fit explains them badly; ``confidence`` falls as the fit's residual grows.
+the fit explains them badly. A pose's ``confidence`` is the mean confidence of the face's points: the pose is as
+trustworthy as the points it is fitted to. It ranks pose errors on AFLW2000-3D val where the fit's residual (the
+rule before 2026-12-07) stopped ranking them once annotation conventions reshaped the points
+(``model/weights/head_model.json``, ``confidence_rank_val``); the residual is kept on :class:`PoseFit`.
 """
 
 from __future__ import annotations
@@ -137,12 +140,12 @@ class PoseOptions:
     min_confidence: float = 0.3  # a point at or above this counts as confident
     min_points: int = 20  # fewer confident points: no pose
     max_residual: float = 0.08  # weighted RMS residual / face size above this: no pose (a poor fit)
-    residual_scale: float = 0.03  # confidence = exp(-residual / residual_scale)
 
 
 @dataclass(frozen=True)
 class Pose:
-    """Head pose in degrees (signs in the module docstring) and how much to trust it (0-1)."""
+    """Head pose in degrees (signs in the module docstring) and how much to trust it (0-1: the mean confidence of
+    the points it was fitted to)."""
 
     yaw: float
     pitch: float
@@ -159,6 +162,7 @@ class PoseFit:
     rotation: Array | None = None  # (3, 3)
     scale: float = 0.0
     translation: Array | None = None  # (2,) image pixels of the head frame's origin
+    residual: float | None = None  # weighted RMS distance of the points from the fitted head / face size
 
 
 def _weighted_affine(head: Array, v: Array, w: Array) -> tuple[Array, Array]:
@@ -239,8 +243,9 @@ def _fit(
             correction_features(pts, r, scale, translation)
         )
         r = rotation(math.radians(pitch), math.radians(yaw), math.radians(roll))
-    pose = Pose(float(yaw), float(pitch), float(roll), math.exp(-error / options.residual_scale))
-    return PoseFit(pose, None, r, scale, translation)
+    trust = float(np.clip(np.where(np.isfinite(conf), conf, 0.0), 0.0, 1.0).mean())  # a non-finite one counts 0
+    pose = Pose(float(yaw), float(pitch), float(roll), trust)
+    return PoseFit(pose, None, r, scale, translation, error)
 
 
 def correction_features(points: Array, r: Array, scale: float, translation: Array) -> Array:

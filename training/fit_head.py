@@ -15,7 +15,8 @@ From the AFLW2000-3D **train** split only (val chooses, test is never read):
 * **correction**: a ridge regression of the geometric fit's angle error on the network's predicted points of the
   train faces (:class:`model.pose.Correction`); its ridge weight, or none, is chosen on the val split.
 
-Writes ``model/weights/head_model.npz`` (a few KB) and ``head_model.json`` (the val table the choice was made on).
+Writes ``model/weights/head_model.npz`` (a few KB) and ``head_model.json`` (the val table the choice was made on,
+and how well each candidate pose confidence ranks the chosen model's val errors, ``confidence_rank_val``).
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ from model.pose import (
 )
 from training.cli import run_cli
 from training.datasets import DataError, Sample, read_aflw2000
-from training.metrics import angle_errors, hopenet_keeps, wrap_degrees
+from training.metrics import angle_errors, hopenet_keeps, spearman, wrap_degrees
 
 log = logging.getLogger("training.fit_head")
 
@@ -142,6 +143,29 @@ def fit_correction(
     return Correction(mean, scale, weights, bias)
 
 
+def confidence_ranking(
+    samples: list[Sample], head: HeadModel, options: PoseOptions, points: Array, confidence: Array
+) -> dict[str, float | int]:
+    """Spearman rank correlation of each candidate pose confidence with the mean angle error (HopeNet-protocol
+    faces with a pose; negative: the confidence falls as the error grows): the served one (the mean confidence of
+    the points) and the fit's residual (the rule served before 2026-12-07; its exponential is monotone, so ranking
+    by the residual is ranking by it)."""
+    served, residual, errors = [], [], []
+    for s, p, c in zip(samples, points, confidence, strict=True):
+        fit = estimate_pose(p, c, head, options)
+        if fit.pose is None or fit.residual is None or s.pose is None or not hopenet_keeps(s.pose):
+            continue
+        served.append(fit.pose.confidence)
+        residual.append(-fit.residual)
+        got = np.array([fit.pose.yaw, fit.pose.pitch, fit.pose.roll])
+        errors.append(float(angle_errors(got, np.array(s.pose)).mean()))
+    return {
+        "faces": len(errors),
+        "mean point confidence (served)": round(spearman(np.array(served), np.array(errors)), 3),
+        "fit residual (served before 2026-12-07)": round(spearman(np.array(residual), np.array(errors)), 3),
+    }
+
+
 def predict(checkpoint: Path, *splits: list[Sample]) -> list[tuple[Array, Array]]:
     """The network's points and confidences for each list of samples with ground-truth boxes, as evaluation runs
     it (the checkpoint loaded once)."""
@@ -203,12 +227,14 @@ def main(args: argparse.Namespace) -> HeadModel:
     chosen.save(args.out)
     record = {"checkpoint": str(args.checkpoint), "train_faces": len(train), "val_faces": int(keep.sum()),
               "protocol": "HopeNet: faces with an angle beyond 99 degrees left out", "val_mae_deg": table,
-              "chosen": chosen_name}  # fmt: skip
+              "chosen": chosen_name,
+              "confidence_rank_val": confidence_ranking(val, chosen, options, val_points, val_conf)}  # fmt: skip
     args.out.with_suffix(".json").write_text(json.dumps(record, indent=1) + "\n")
     for name, row in table.items():
         log.info("val %-36s MAE %.2f (yaw %.2f, pitch %.2f, roll %.2f), %d refused", name, row["mean"], row["yaw"],
                  row["pitch"], row["roll"], row["refused"])  # fmt: skip
-    log.info("chose %s; wrote %s", record["chosen"], args.out)
+    log.info("chose %s; wrote %s; pose confidence rank on val: %s", record["chosen"], args.out,
+             record["confidence_rank_val"])  # fmt: skip
     return chosen
 
 

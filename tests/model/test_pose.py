@@ -82,6 +82,24 @@ def test_confidences_weight_and_refuse(head):
     fit = estimate_pose(outliers, conf, geometric(head))
     assert fit.pose is not None
     assert fit.pose.yaw == pytest.approx(10, abs=1.0)
+    assert fit.pose.confidence == pytest.approx(51 / 68)  # the mean of the points' confidences
+
+
+def test_pose_confidence_is_the_points_and_the_residual_is_kept(head):
+    points = face_at(head, -20, 10, 5)
+    clean = estimate_pose(points, np.full(68, 0.8), geometric(head))
+    assert clean.pose is not None
+    assert clean.residual is not None
+    assert clean.pose.confidence == pytest.approx(0.8)
+    assert clean.residual < 1e-6  # the model's own projection fits exactly
+    conf = np.full(68, 0.8)
+    conf[3] = np.nan  # a point without a confidence counts 0, and the answer stays finite
+    jittered = points + np.random.default_rng(0).normal(0, 2.0, points.shape)
+    noisy = estimate_pose(jittered, conf, geometric(head))
+    assert noisy.pose is not None
+    assert noisy.residual is not None
+    assert noisy.pose.confidence == pytest.approx(0.8 * 67 / 68)
+    assert noisy.residual > clean.residual
 
 
 @pytest.mark.parametrize(
