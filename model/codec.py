@@ -143,30 +143,32 @@ def encode(points: Tensor, size: int, sigma: float) -> Tensor:
 DECODE_BLUR_SIGMA = 1.0
 
 
-@functools.lru_cache(maxsize=8)
-def _blur_kernel(sigma: float) -> tuple[float, ...]:
+@functools.lru_cache(maxsize=16)
+def _blur_matrix(sigma: float, size: int) -> np.ndarray:
+    """``(size, size)`` banded matrix ``B`` with ``(B @ x)[i] = sum_j g(i - j) x[j]``: a 1-D Gaussian blur of radius
+    ``ceil(2 sigma)``, taps normalised to sum 1, zeros beyond the edges."""
     radius = max(1, int(np.ceil(2 * sigma)))
     taps = np.exp(-(np.arange(-radius, radius + 1) ** 2) / (2 * sigma**2))
-    return tuple(float(t) for t in taps / taps.sum())
+    taps /= taps.sum()
+    offset = np.arange(size)[None, :] - np.arange(size)[:, None]  # j - i
+    return np.where(np.abs(offset) <= radius, taps[np.clip(offset + radius, 0, 2 * radius)], 0.0)
 
 
 def smooth(heatmaps: Tensor, sigma: float) -> Tensor:
     """``(..., h, w)`` maps blurred by a separable Gaussian of ``sigma`` heatmap pixels (radius ``ceil(2 sigma)``,
     zeros beyond the edges), a linear filter that commutes with mirroring the maps; ``sigma`` 0 returns them
-    unchanged.
+    unchanged. Two batched products with banded matrices, ``B_h @ x @ B_w.T``: on a CPU a 1-channel convolution
+    per map cost 3.5 ms per face of 68 maps, the products 0.3 ms.
 
     Zeros beyond the edge pull a peak near it slightly inward (at sigma 1, a clean peak 2 px from the edge moves
     0.016 px, 1.5 px from it 0.05 px); replicating the edge instead moved the arg-max onto the border pixel, up to
     0.9 px."""
     if sigma <= 0:
         return heatmaps
-    kernel = torch.tensor(_blur_kernel(sigma), dtype=heatmaps.dtype, device=heatmaps.device)
-    r = (kernel.numel() - 1) // 2
-    *lead, h, w = heatmaps.shape
-    x = heatmaps.reshape(-1, 1, h, w)
-    x = torch.nn.functional.conv2d(x, kernel.view(1, 1, 1, -1), padding=(0, r))
-    x = torch.nn.functional.conv2d(x, kernel.view(1, 1, -1, 1), padding=(r, 0))
-    return x.reshape(*lead, h, w)
+    h, w = heatmaps.shape[-2:]
+    rows = torch.as_tensor(_blur_matrix(sigma, h), dtype=heatmaps.dtype, device=heatmaps.device)
+    cols = torch.as_tensor(_blur_matrix(sigma, w), dtype=heatmaps.dtype, device=heatmaps.device)
+    return rows @ heatmaps @ cols.T
 
 
 def decode(heatmaps: Tensor, blur_sigma: float = DECODE_BLUR_SIGMA) -> tuple[Tensor, Tensor]:
