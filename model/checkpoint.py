@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import pickle
 import zipfile
 from pathlib import Path
@@ -20,7 +21,7 @@ from typing import Any
 import torch
 
 from model.artifacts import CheckpointError, ConventionError
-from model.codec import CONFIDENCE_SCORE, Calibration, Convention
+from model.codec import CONFIDENCE_SCORE, DECODE_BLUR_SIGMA, Calibration, Convention
 from model.config import ModelConfig
 from model.network import LandmarkNet, build_model
 
@@ -118,6 +119,20 @@ def convention_from_metadata(metadata: dict[str, Any], name: str = "default") ->
         float(gate["radius"]) if gate else None,
         fallback,
     )
+
+
+def decode_blur_from_metadata(metadata: dict[str, Any]) -> float:
+    """The heatmap smoothing (``decode_blur_sigma``, heatmap pixels) the checkpoint's conventions and calibration
+    were fitted with; :data:`model.codec.DECODE_BLUR_SIGMA` when it records none. Raises :class:`CheckpointError`
+    for a value that is not a finite number >= 0."""
+    value = metadata.get("decode_blur_sigma", DECODE_BLUR_SIGMA)
+    try:
+        sigma = float(value)
+    except (TypeError, ValueError):
+        sigma = float("nan")
+    if not math.isfinite(sigma) or sigma < 0:
+        raise CheckpointError(f"decode_blur_sigma must be a finite number >= 0, the checkpoint holds {value!r}")
+    return sigma
 
 
 def calibration_from_metadata(metadata: dict[str, Any]) -> Calibration | None:

@@ -17,7 +17,12 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from model.checkpoint import calibration_from_metadata, convention_from_metadata, load_checkpoint
+from model.checkpoint import (
+    calibration_from_metadata,
+    convention_from_metadata,
+    decode_blur_from_metadata,
+    load_checkpoint,
+)
 from model.codec import DECODE_BLUR_SIGMA, Calibration, Convention, confidence, decode
 from model.config import ModelConfig
 from model.engine import Crop, EngineOptions, Landmarks, NamedModel, blank_crops
@@ -342,7 +347,7 @@ def prepare(
         convention=convention,
         metadata=metadata or {},
         flip_test=options.flip_test,
-        decode_blur=float((metadata or {}).get("decode_blur_sigma", DECODE_BLUR_SIGMA)),
+        decode_blur=decode_blur_from_metadata(metadata or {}),
         cuda_graphs=options.cuda_graphs,
         max_batch_size=options.max_batch_size,
     )

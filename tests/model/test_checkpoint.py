@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from model.artifacts import CheckpointError
-from model.checkpoint import calibration_from_metadata, load_checkpoint, save_checkpoint
-from model.codec import CONFIDENCE_SCORE
+from model.checkpoint import calibration_from_metadata, decode_blur_from_metadata, load_checkpoint, save_checkpoint
+from model.codec import CONFIDENCE_SCORE, DECODE_BLUR_SIGMA
 from model.engine import EngineOptions
 from model.geometry import crop_matrix, invert
 from model.inference import CudaGraphs, bucket_for, bucket_sizes, load_for_inference
@@ -174,3 +174,12 @@ def test_graph_runner_pads_to_its_bucket_chunks_and_unpads():
     small = runner(crops[:1])[0]
     assert small.tolist() == [0.0]
     assert sorted(runner.graphs) == [1, 4]
+
+
+def test_decode_blur_comes_from_the_metadata_and_is_validated():
+    assert decode_blur_from_metadata({}) == DECODE_BLUR_SIGMA  # a checkpoint without fits: the codec's default
+    assert decode_blur_from_metadata({"decode_blur_sigma": 0}) == 0.0
+    assert decode_blur_from_metadata({"decode_blur_sigma": 1.5}) == 1.5
+    for bad in (float("nan"), float("inf"), -1.0, "wide", None):
+        with pytest.raises(CheckpointError, match="decode_blur_sigma"):
+            decode_blur_from_metadata({"decode_blur_sigma": bad})
