@@ -8,7 +8,7 @@ are searched for JPEG, PNG, WebP and BMP files (``--recursive`` for sub-folders)
 each network batch. ``--pts`` writes a 300-W ``.pts`` file (1-based, like the data sets) beside each photo for
 each face (``name.pts``, then ``name_1.pts``, ...) and never overwrites one; ``--render DIR`` writes a preview
 PNG per photo; ``--out`` the preview of a single photo. Settings (checkpoint, device, precision, detector,
-second pass, ...) come from the same ``LANDMARKS_*`` variables as the service, so the landmarks are the same.
+passes, ...) come from the same ``LANDMARKS_*`` variables as the service, so the landmarks are the same.
 
 A video file (``.mp4``, ``.avi``, ``.mov``, ``.mkv``, ``.webm``, ``.m4v``; read with OpenCV) is tracked as
 ``/landmarks/stream`` tracks a stream: one JSON line per frame (``frame``, ``time_s`` and the body, each face with

@@ -29,8 +29,8 @@ class FaceResult(BaseModel):
         min_length=4,
         max_length=4,
         description="[x1, y1, x2, y2]: the box the final crop was made from, in the convention of a tight box "
-        "around the 68 points: the caller's box; the detector's box mapped to that convention; or, with the "
-        "second pass, the tight box of the first pass's landmarks",
+        "around the 68 points: the caller's box; the detector's box mapped to that convention; or, with more "
+        "passes (the default), the tight box of the previous pass's landmarks",
     )
     detection_score: float | None = Field(
         description="YuNet's face score in (0, 1] (faces under LANDMARKS_DETECTOR_SCORE_THRESHOLD are not "

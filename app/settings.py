@@ -12,7 +12,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from model.artifacts import SHIPPED_CHECKPOINT, SHIPPED_ONNX
 from model.detector import DetectorOptions
 from model.engine import EngineOptions, PrecisionName, Runtime
-from model.pipeline import PipelineOptions
+from model.pipeline import MAX_PASSES, PipelineOptions
 from model.pose import DEFAULT_HEAD_MODEL
 
 # The defaults live on the options dataclasses; the settings take theirs.
@@ -77,9 +77,13 @@ class Settings(BaseSettings):
         ge=1,
         description="faces smaller than this (shorter box side, original image pixels) are dropped",
     )
-    second_pass: bool = Field(
-        PIPELINE.second_pass,
-        description="re-crop detected faces from the first pass's landmarks and run again (caller boxes: never)",
+    passes: int = Field(
+        PIPELINE.passes,
+        ge=1,
+        le=MAX_PASSES,
+        description="network passes per detected face: 1 on the detector's box, each more re-crops the face from the "
+        "last pass's landmarks and runs it again (caller boxes: one pass); 3: the points are the mean of the three "
+        "(a little more accurate, one more network run per detected face)",
     )
     flip_test: bool = Field(ENGINE.flip_test, description="also run each face mirrored and average (2x compute)")
     convention: str = Field(
@@ -90,7 +94,7 @@ class Settings(BaseSettings):
     )
     align: bool = Field(
         PIPELINE.align,
-        description="rotate detected faces' crops upright: the first on YuNet's eye line, the second pass on the "
+        description="rotate detected faces' crops upright: the first on YuNet's eye line, later passes on the "
         "first pass's eyes (caller boxes: never rotated)",
     )
     head_model: Path | None = Field(
@@ -182,7 +186,7 @@ class Settings(BaseSettings):
         """The settings that decide how a photo becomes faces and crops, as the pipeline's one options object."""
         return PipelineOptions(
             max_faces=self.max_faces,
-            second_pass=self.second_pass,
+            passes=self.passes,
             align=self.align,
             detector=DetectorOptions(
                 max_side=self.detector_max_side,

@@ -10,9 +10,12 @@ Stages, in order, each in one function here:
 3. **crop** — :func:`face_crop`: the ``S x S`` network input and its crop -> image affine (:class:`Crop`).
 4. **network** — an ``infer`` callable, ``list[Crop] -> list[Landmarks]`` in image pixels. The service passes its
    batcher; everything else passes :meth:`model.inference.InferenceModel.infer` (or the ONNX Runtime engine).
-5. **second pass** — detected faces only (a caller's box is taken as given): :func:`refine` re-frames each face
-   from its first-pass landmarks (the tight box, upright in the face's own frame with ``align``) and the face
-   runs again. Off with ``PipelineOptions.second_pass``.
+5. **more passes** — detected faces only (a caller's box is taken as given): :func:`refine` re-frames each face
+   from the previous pass's landmarks (the tight box, upright in the face's own frame with ``align``) and the
+   face runs again, ``PipelineOptions.passes`` passes in all (default 2: the second pass; 1: none; 3: one more).
+   Two passes serve the second pass's points; three serve the mean of all three (:func:`mean_landmarks`): each
+   saw the face in a different crop, and that mean was the best use of three passes on val, where averaging two
+   passes gained nothing beyond noise (``benchmarks/results/passes.md``).
 6. **pose** — with a :class:`model.pose.HeadModel`, each face's yaw, pitch and roll from its final points
    (:func:`model.pose.estimate_pose`), or no pose with the reason.
 
@@ -41,6 +44,7 @@ from model.geometry import Box, crop_matrix, invert, line_roll, warp
 from model.landmarks import LEFT_EYE, RIGHT_EYE
 from model.pose import HeadModel, PoseFit, PoseOptions, estimate_pose
 
+MAX_PASSES = 3  # network passes per detected face at most (the counts benchmarks.passes measured)
 Source = Literal["caller", "detector", "tracker"]  # tracker: framed from the last video frame (model.tracking)
 
 
@@ -50,11 +54,16 @@ class PipelineOptions:
     command line) and passed by name. How the network runs (device, precision, batch size, flip test) is the
     engine's: :class:`model.engine.EngineOptions`."""
 
-    second_pass: bool = True  # re-frame detected faces from their first-pass landmarks and run again
-    align: bool = False  # rotate crops upright (detector: YuNet's eye line; second pass: the 68 points' eyes)
+    passes: int = 2  # network passes for a detected face: 1 on the detector's box, each more re-framed from the last
+    # (3: the points are the mean of the three)
+    align: bool = False  # rotate crops upright (detector: YuNet's eye line; later passes: the 68 points' eyes)
     detector: DetectorOptions = DetectorOptions()
     pose: PoseOptions = PoseOptions()  # how head pose is fitted (with a head model) and when it is refused
     max_faces: int = 10  # the detector's faces kept per photo, largest first (a call may ask for fewer)
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.passes <= MAX_PASSES:
+            raise ValueError(f"passes must be 1 to {MAX_PASSES}, not {self.passes}")
 
 
 @dataclass(frozen=True)
@@ -188,12 +197,24 @@ def upright_box(points: NDArray[np.floating], roll: float) -> Box:
 
 
 def refine(points: NDArray[np.floating], aligned: bool) -> Framing:
-    """Framing for the second pass from first-pass landmarks ``(68, 2)``."""
+    """Framing for the next pass from a pass's landmarks ``(68, 2)``."""
     roll = eye_roll(points) if aligned else 0.0
     return Framing(upright_box(points, roll), roll)
 
 
 Offload = Callable[[Callable[[], list[Crop] | PhotoResult]], Awaitable[list[Crop] | PhotoResult]]
+
+
+def mean_landmarks(passes: Sequence[Landmarks]) -> Landmarks:
+    """One face's passes combined: the mean of their points, confidences and stage-1 points."""
+    if len(passes) == 1:
+        return passes[0]
+    coarse = [p.coarse_points for p in passes if p.coarse_points is not None]
+    return Landmarks(
+        np.mean([p.points for p in passes], axis=0),
+        np.mean([p.confidence for p in passes], axis=0),
+        np.mean(coarse, axis=0) if len(coarse) == len(passes) else None,
+    )
 
 
 def drive(steps: Steps, infer: Infer) -> PhotoResult:
@@ -222,7 +243,7 @@ def advance(steps: Steps, results: list[Landmarks] | None) -> list[Crop] | Photo
 
 
 class Pipeline:
-    """Photo -> faces -> framings -> crops -> ``infer`` -> second pass -> :class:`PhotoResult` (module docstring).
+    """Photo -> faces -> framings -> crops -> ``infer`` -> more passes -> :class:`PhotoResult` (module docstring).
 
     ``input_size`` is the network's crop side; ``detector`` finds faces when no boxes are given (``None``: the
     caller always gives boxes, e.g. evaluation with ground-truth boxes); ``head`` fits each face's head pose
@@ -277,17 +298,22 @@ class Pipeline:
         timings["crop"] = 1000 * (time.perf_counter() - t0)
         results = (yield crops) if crops else []
         check_count(results, crops)
-        again = [i for i, f in enumerate(faces) if f.source == "detector"] if self.options.second_pass else []
-        if again:
+        again = [i for i, f in enumerate(faces) if f.source == "detector"]
+        passes: dict[int, list[Landmarks]] = {i: [results[i]] for i in again}
+        for _ in range(self.options.passes - 1 if again else 0):
             for i in again:
                 framings[i] = refine(results[i].points, self.options.align)
             t0 = time.perf_counter()
             crops = self.crops(image, [framings[i] for i in again])
             timings["crop"] += 1000 * (time.perf_counter() - t0)
-            second = yield crops
-            check_count(second, crops)
-            for i, result in zip(again, second, strict=True):
+            later = yield crops
+            check_count(later, crops)
+            for i, result in zip(again, later, strict=True):
                 results[i] = result
+                passes[i].append(result)
+        if self.options.passes >= 3:  # the mean of the three; two passes serve the second's (module docstring)
+            for i, each in passes.items():
+                results[i] = mean_landmarks(each)
         t0 = time.perf_counter()
         faces_out = [
             Face(fr.box, f.source, f.detection_score, r, self.pose(r) if pose else None)
@@ -311,7 +337,7 @@ class Pipeline:
         max_faces: int | None = None,
     ) -> list[PhotoResult]:
         """Several photos with their faces' crops batched together (``batch_size`` faces per ``infer`` call):
-        every photo's first pass, then every photo's second pass."""
+        every photo's first pass, then every photo's second pass, and so on."""
         running = [self.steps(image, faces, max_faces) for image, faces in photos]
         outs = [advance(s, None) for s in running]
         while pending := [i for i, out in enumerate(outs) if not isinstance(out, PhotoResult)]:

@@ -10,7 +10,7 @@ receive-landmarks protocol as :meth:`model.pipeline.Pipeline.steps` (so the serv
    benchmark's clips it added jitter and took no lag away, ``benchmarks/results/stream.md``);
 2. **the detector** runs on the first frame, every ``detect_every`` frames, while nothing is tracked, and on the frame
    after a track is lost. A detection that overlaps a track (IoU >= ``match_iou``) is that track; one that does not
-   is a new face (a new ``track_id``, the photo path: first pass and second pass). A track the detector misses
+   is a new face (a new ``track_id``, the photo path, with its passes). A track the detector misses
    twice in a row is dropped;
 3. **losing a face** — a track whose mean point confidence falls under ``min_confidence``, or whose box is less than
    half inside the frame, is dropped (and the next frame runs the detector); of two tracks on one face, the

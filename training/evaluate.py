@@ -8,7 +8,7 @@ with ``--save-examples N``, N pictures of predicted (coloured by confidence) and
 Face boxes are the tight boxes of the ground-truth landmarks (``--boxes gt``, the protocol's convention, given to
 the pipeline as a caller's boxes) or the service's detector (``--boxes detector``: YuNet, :mod:`model.detector`),
 which also reports the detector's recall. Every face runs through :class:`model.pipeline.Pipeline`, as in the
-service: the second pass (``--second-pass``, detected faces only) and upright crops (``--align``) are its options.
+service: its passes (``--passes``, detected faces only) and upright crops (``--align``) are its options.
 """
 
 from __future__ import annotations
@@ -93,13 +93,15 @@ def run(
     options: PipelineOptions | None = None,
     head: HeadModel | None = None,
     batch_size: int = 32,
+    found: tuple[list[Sample], list[FaceBox]] | None = None,
 ) -> Evaluation:
     """Predict every sample's face through :class:`model.Landmarker` (the service's pipeline), as the service
-    does: ``boxes`` ``gt`` or ``detector``; the options' second pass (detected faces only), alignment and detector
+    does: ``boxes`` ``gt`` or ``detector``; the options' passes (detected faces only), alignment and detector
     settings apply as they do in service (default: the service's options); with ``head``, each face's head pose
-    too; ``batch_size`` faces a call."""
+    too; ``batch_size`` faces a call. ``found``: :func:`find_faces`'s answer from an earlier call (the detector
+    run once for several evaluations of the same samples)."""
     options = options or PipelineOptions()
-    chosen, faces = find_faces(samples, boxes, options.detector)
+    chosen, faces = found or find_faces(samples, boxes, options.detector)
     if not chosen:
         raise DataError("no face to evaluate (the detector found none)")
     landmarker = Landmarker(engine, Pipeline(options, engine.config.input_size, head=head), batch_size)
@@ -218,6 +220,11 @@ def is_subset_block(value: object) -> bool:
     return isinstance(value, dict) and "stage2" in value.get("box", {})
 
 
+def passes_of(results: dict[str, Any]) -> int:
+    """A report's passes per detected face (reports before ``passes`` recorded only ``second_pass``)."""
+    return int(results.get("passes", 2 if results["second_pass"] else 1))
+
+
 def write_markdown(path: Path, results: dict[str, Any], header: str) -> None:
     lines = [f"# {header}", ""]
     if "batch_size" in results:  # where evaluation runs the engine unlike the service's defaults, it says so
@@ -225,8 +232,8 @@ def write_markdown(path: Path, results: dict[str, Any], header: str) -> None:
             f"Engine: {results['resolved_precision']} (asked: {results['precision']}; the service's default is "
             f"auto), batches of {results['batch_size']} (service: 16), eager (service: CUDA graphs on CUDA), flip "
             f"test {'on' if results['flip_test'] else 'off'}; annotation convention "
-            f"{results.get('convention', 'none')}; second pass {'on' if results['second_pass'] else 'off'} "
-            f"(detected faces only), align {'on' if results['aligned'] else 'off'}.",
+            f"{results.get('convention', 'none')}; {passes_of(results)} network pass(es) per face "
+            f"(detected faces only; caller boxes: one), align {'on' if results['aligned'] else 'off'}.",
             "",
         ]
     for label, res in results["label_sets"].items():
@@ -365,8 +372,13 @@ def get_args_parser() -> argparse.ArgumentParser:
         help="annotation convention of the points: default (the checkpoint's, as served), none, or a stored name",
     )
     p.add_argument(
-        "--second-pass", action="store_true", help="re-crop detected faces from the first pass's landmarks, run again"
+        "--passes",
+        type=int,
+        default=1,
+        help="network passes per detected face (the service's LANDMARKS_PASSES, default 2 there): each after the "
+        "first re-crops the face from the last pass's landmarks",
     )
+    p.add_argument("--second-pass", dest="passes", action="store_const", const=2, help="the same as --passes 2")
     p.add_argument(
         "--align", action="store_true", help="rotate crops upright (detector: YuNet's eyes; 2nd pass: 68 pts)"
     )
@@ -389,8 +401,8 @@ def engine_options(args: argparse.Namespace) -> EngineOptions:
 
 
 def pipeline_options(args: argparse.Namespace) -> PipelineOptions:
-    """The pipeline these flags describe (second pass and alignment as the service's settings name them)."""
-    return PipelineOptions(second_pass=args.second_pass, align=args.align)
+    """The pipeline these flags describe (passes and alignment as the service's settings name them)."""
+    return PipelineOptions(passes=args.passes, align=args.align)
 
 
 def main(args: argparse.Namespace) -> dict[str, Any]:
@@ -414,7 +426,8 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         "cuda_graphs": False,
         "flip_test": args.flip_test,
         "convention": engine.convention_name,
-        "second_pass": args.second_pass,
+        "second_pass": args.passes > 1,
+        "passes": args.passes,
         "aligned": args.align,
         "model": engine.metadata.get("version"),
         "label_sets": {},

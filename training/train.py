@@ -160,7 +160,7 @@ def validate(
     engine = InferenceModel(
         net=net, config=config, device=device, precision=amp.precision, channels_last=cfg.channels_last
     )
-    preds = run_pipeline(engine, dataset.samples, "gt", PipelineOptions(second_pass=False), batch_size=cfg.batch_size)
+    preds = run_pipeline(engine, dataset.samples, "gt", PipelineOptions(passes=1), batch_size=cfg.batch_size)
     net.train(was_training)
     gt = np.stack([s.points for s in dataset.samples])
     scale = NORMALISERS[norm](gt)

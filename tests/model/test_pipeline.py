@@ -123,6 +123,29 @@ def test_detected_faces_get_the_second_pass_framed_from_their_first_landmarks(en
     assert set(result.timings_ms) == {"detect", "crop"}
 
 
+def test_a_third_pass_is_framed_from_the_second_and_the_points_are_the_mean_of_all(engine, photo):
+    detector = FakeDetector([tilted((40.0, 50.0, 200.0, 210.0), 0.0)])
+    pipeline = Pipeline(PipelineOptions(passes=3), engine.config.input_size, detector)
+    infer, calls = recording(engine)
+    face = pipeline.run(photo, infer).faces[0]
+    assert [len(c) for c in calls] == [1, 1, 1]
+    first, second, third = (engine.infer(c)[0] for c in calls)
+    assert face.box == pytest.approx(refine(second.points, aligned=False).box)  # the third framed from the second
+    assert refine(second.points, aligned=False).box != pytest.approx(refine(first.points, aligned=False).box)
+    np.testing.assert_allclose(face.landmarks.points, (first.points + second.points + third.points) / 3, atol=1e-5)
+    mean_confidence = (first.confidence + second.confidence + third.confidence) / 3
+    np.testing.assert_allclose(face.landmarks.confidence, mean_confidence, atol=1e-6)
+    infer, calls = recording(engine)
+    pipeline.run(photo, infer, caller_faces([(40.0, 50.0, 200.0, 210.0)]))
+    assert [len(c) for c in calls] == [1]  # a caller's box: one pass whatever `passes` says
+
+
+@pytest.mark.parametrize("passes", [0, -1, 4])
+def test_passes_out_of_range_are_refused(passes):
+    with pytest.raises(ValueError, match="passes must be 1 to 3"):
+        PipelineOptions(passes=passes)
+
+
 def test_caller_boxes_run_once_and_keep_their_box(engine, photo):
     pipeline = Pipeline(PipelineOptions(), engine.config.input_size, FakeDetector([]))
     infer, calls = recording(engine)
@@ -135,9 +158,9 @@ def test_caller_boxes_run_once_and_keep_their_box(engine, photo):
     assert "detect" not in result.timings_ms
 
 
-def test_second_pass_off_and_max_faces(engine, photo):
+def test_one_pass_and_max_faces(engine, photo):
     faces = [tilted((40.0, 50.0, 200.0, 210.0), 0.0), tilted((10.0, 10.0, 60.0, 60.0), 0.0)]
-    pipeline = Pipeline(PipelineOptions(second_pass=False), engine.config.input_size, FakeDetector(faces))
+    pipeline = Pipeline(PipelineOptions(passes=1), engine.config.input_size, FakeDetector(faces))
     infer, calls = recording(engine)
     result = pipeline.run(photo, infer, max_faces=1)
     assert [len(c) for c in calls] == [1]
@@ -147,7 +170,7 @@ def test_second_pass_off_and_max_faces(engine, photo):
 
 def test_aligned_detected_faces_are_cropped_on_the_detectors_eye_line(engine, photo):
     face = tilted((40.0, 50.0, 200.0, 210.0), 20.0)
-    aligned = Pipeline(PipelineOptions(align=True, second_pass=False), engine.config.input_size, FakeDetector([face]))
+    aligned = Pipeline(PipelineOptions(align=True, passes=1), engine.config.input_size, FakeDetector([face]))
     infer, calls = recording(engine)
     aligned.run(photo, infer)
     assert face.roll == pytest.approx(20.0)

@@ -55,7 +55,7 @@ def rerun_args(committed: dict[str, Any], out: Path) -> list[str]:
         args += ["--labels", "both"]
     elif labels != {"default"}:
         args += ["--labels", labels.pop()]
-    args += ["--flip-test"] * committed["flip_test"] + ["--second-pass"] * committed["second_pass"]
+    args += ["--flip-test"] * committed["flip_test"] + ["--passes", str(evaluate.passes_of(committed))]
     args += ["--convention", committed.get("convention", "none")]  # reports before conventions: the network's own
     return [*args, *["--align"] * committed["aligned"], "--out", str(out)]
 
