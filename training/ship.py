@@ -306,8 +306,7 @@ the val splits (ground-truth boxes) with no convention, the set's own, and the s
 ## With the service's detector (YuNet)
 
 NME of the faces the detector finds, with ground-truth boxes and with the detector's boxes (one pass, and the
-service's default two, the second re-framed from the first's landmarks, the points their mean;
-`report_*_detector*/`):
+service's default two, the second re-framed from the first's landmarks; `report_*_detector*/`):
 
 {detector_header}
 |---|---|---|---|---|---|
