@@ -4,9 +4,12 @@ Clips are made from real photos (the committed test portrait and 300-W **val** f
 chosen on these, never on test): each photo is scaled so its face is ``--face-px`` wide and pasted on a 640x480
 grey frame at a known, sub-pixel offset per frame (bilinear), with Gaussian sensor noise (sigma 3 grey levels):
 
-* **still** — a slow sub-pixel sway within +-0.3 px per axis (sines of 1.5 and 2.3 s at 30 frames/s, random
-  phase), 60 frames: the pixels change every frame (resampling and noise) while the known motion stays smooth, so
-  what a filter removes is the network's jitter, not the motion;
+* **still** — the face does not move, 60 frames: only the sensor noise changes the pixels, so every movement of
+  the points is the network's (and the tracker's) jitter, what a filter should remove;
+* **sway** — a slow sub-pixel sway within +-0.3 px per axis (sines of 1.5 and 2.3 s at 30 frames/s, random
+  phase), 60 frames: resampling changes the pixels too. A low-pass filter trails this real motion, and that
+  following error counts as jitter here; the **sway floor** column is it alone (the filter run on the exact known
+  motion, no network), the least jitter any setting of the filter can show on this clip;
 * **moving** — constant speed (4, 1) px/frame, 60 frames;
 * **leave** — 8 px/frame to the right until the face is wholly out of the frame, then back to where it began.
 
@@ -40,7 +43,7 @@ from numpy.typing import NDArray
 from benchmarks.common import machine, publish, table
 from model.landmarker import Landmarker, read_image
 from model.pipeline import PhotoResult
-from model.tracking import TrackOptions
+from model.tracking import OneEuroFilter, TrackOptions
 from training.metrics import inter_ocular
 
 CANVAS = (640, 480)
@@ -80,13 +83,14 @@ def make_clips(photo: NDArray[np.uint8], box: Sequence[float], face_px: float, s
         return Clip(name, frames, offsets, in_view)
 
     t = np.arange(60)[:, None]
-    still = 0.3 * np.sin(2 * np.pi * t / np.array([[45.0, 70.0]]) + rng.uniform(0, 2 * np.pi, (1, 2)))
+    still = np.zeros((60, 2))
+    sway = 0.3 * np.sin(2 * np.pi * t / np.array([[45.0, 70.0]]) + rng.uniform(0, 2 * np.pi, (1, 2)))
     moving = np.arange(60)[:, None] * np.array([[4.0, 1.0]])
     out_x = CANVAS[0] - start[0] + half + 16  # wholly out of the frame
     steps = int(np.ceil(out_x / 8))
     xs = np.concatenate([np.arange(steps + 1) * 8.0, np.arange(steps, -1, -1) * 8.0])
     leave = np.stack([xs, np.zeros_like(xs)], axis=1)
-    return [clip("still", still), clip("moving", moving), clip("leave", leave)]
+    return [clip("still", still), clip("sway", sway), clip("moving", moving), clip("leave", leave)]
 
 
 Picked = tuple[NDArray[np.float64] | None, int | None]
@@ -132,6 +136,16 @@ def jitter(run: Run, clip: Clip) -> float:
     r = np.stack(resid)
     dev = r - r.mean(axis=0)
     return 100 * float(np.sqrt((dev**2).sum(axis=-1).mean())) / float(inter_ocular(r.mean(axis=0)[None])[0])
+
+
+def filter_floor(run: Run, clip: Clip, options: TrackOptions) -> float:
+    """The jitter :func:`jitter` gives for the filter fed a perfect network: ``run``'s mean face moved by the clip's
+    exact known motion. What the filter's trailing behind real motion adds, whatever the network does."""
+    face = np.mean([p - o for p, o in zip(run.points, clip.offsets, strict=True) if p is not None], axis=0)
+    scale = float(np.ptp(face, axis=0).max())  # the tracker's scale: its points' box
+    f = OneEuroFilter(options.min_cutoff, options.beta, options.d_cutoff)
+    perfect = Run([f(face + o, t / options.fps, scale) for t, o in enumerate(clip.offsets)], [], 0.0)
+    return jitter(perfect, clip)
 
 
 def lag(run: Run, reference: Run, clip: Clip) -> float:
@@ -194,7 +208,7 @@ def main() -> None:
         box = found.faces[0].box
         clips = make_clips(photo, box, args.face_px, seed=index)
         start = np.array([CANVAS[0] * 0.3, CANVAS[1] * 0.45])
-        still, moving, leave = clips
+        still, sway, moving, leave = clips
         run = {(c.name, m): run_clip(landmarker, c, m, o, start, args.face_px / 2)
                for c in clips for m, o in (("track", filtered), ("raw", raw), ("photo", raw))
                if not (c.name == "leave" and m != "track")}  # fmt: skip
@@ -209,6 +223,9 @@ def main() -> None:
             "still jitter photo": jitter(run["still", "photo"], still),
             "still jitter raw": jitter(run["still", "raw"], still),
             "still jitter filtered": jitter(run["still", "track"], still),
+            "sway jitter raw": jitter(run["sway", "raw"], sway),
+            "sway jitter filtered": jitter(run["sway", "track"], sway),
+            "sway floor": filter_floor(run["sway", "raw"], sway, filtered),
             "moving jitter raw": jitter(run["moving", "raw"], moving),
             "moving jitter filtered": jitter(run["moving", "track"], moving),
             "lag raw": lag(run["moving", "raw"], run["moving", "photo"], moving),
@@ -231,13 +248,18 @@ def main() -> None:
         "",
         "Jitter: RMS deviation from the known motion, % of the inter-ocular distance. Lag: frames the points trail "
         "the photo path (detector and both passes on every frame) along the motion. photo: the photo path; raw: "
-        "tracking with the filter off; filtered: tracking with the One Euro filter.",
+        "tracking with the filter off; filtered: tracking with the One Euro filter. still: the face does not "
+        "move (sensor noise only); sway: a +-0.3 px sub-pixel sway, whose floor is what the filter's trailing "
+        "behind that motion alone adds (the filter fed the exact motion).",
         "",
         table(["photo", *keys], [[r["photo"], *[r[k] for k in keys]] for r in rows] + [["mean", *mean.values()]]),
         "",
         f"Filtered / raw jitter on the still clip: {mean['still jitter filtered'] / mean['still jitter raw']:.2f} "
         f"(target <= 0.5); lag with the filter {mean['lag filtered']:.2f} frames (target <= 1); identity switches "
         f"in view {int(sum(int(r['switches']) for r in rows))} (target 0).",  # type: ignore[call-overload]
+        "",
+        f"Sway clip: filtered / raw {mean['sway jitter filtered'] / mean['sway jitter raw']:.2f}, of which the "
+        f"filter's trailing behind the motion alone is {mean['sway floor']:.3f} % io.",
         "",
         "One stream, frames/s on the moving clips (" + f"{args.rounds} alternating rounds per photo):",
         "",
