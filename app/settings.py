@@ -15,6 +15,9 @@ from model.engine import EngineOptions, PrecisionName, Runtime
 from model.pipeline import MAX_PASSES, PipelineOptions
 from model.pose import DEFAULT_HEAD_MODEL
 
+# A setting that was replaced: (old name, new name, how to translate), refused at start when set.
+RENAMED = ("SECOND_PASS", "PASSES", "true is 2 passes, false is 1")
+
 # The defaults live on the options dataclasses; the settings take theirs.
 ENGINE, PIPELINE, DETECTOR = EngineOptions(), PipelineOptions(), DetectorOptions()
 
@@ -95,7 +98,7 @@ class Settings(BaseSettings):
     align: bool = Field(
         PIPELINE.align,
         description="rotate detected faces' crops upright: the first on YuNet's eye line, later passes on the "
-        "first pass's eyes (caller boxes: never rotated)",
+        "previous pass's eyes (caller boxes: never rotated)",
     )
     head_model: Path | None = Field(
         DEFAULT_HEAD_MODEL,
@@ -145,6 +148,8 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _consistent(self) -> Settings:
+        if os.environ.get(f"LANDMARKS_{RENAMED[0]}"):  # silently ignoring it would change what a deployment serves
+            raise ValueError(f"LANDMARKS_{RENAMED[0]} was replaced by LANDMARKS_{RENAMED[1]}: {RENAMED[2]}")
         if self.queue_size < self.max_batch_size:
             raise ValueError(
                 f"LANDMARKS_QUEUE_SIZE ({self.queue_size}) must be at least LANDMARKS_MAX_BATCH_SIZE "

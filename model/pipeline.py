@@ -299,7 +299,7 @@ class Pipeline:
         results = (yield crops) if crops else []
         check_count(results, crops)
         again = [i for i, f in enumerate(faces) if f.source == "detector"]
-        passes: dict[int, list[Landmarks]] = {i: [results[i]] for i in again}
+        history: dict[int, list[Landmarks]] = {i: [results[i]] for i in again}
         for _ in range(self.options.passes - 1 if again else 0):
             for i in again:
                 framings[i] = refine(results[i].points, self.options.align)
@@ -310,9 +310,9 @@ class Pipeline:
             check_count(later, crops)
             for i, result in zip(again, later, strict=True):
                 results[i] = result
-                passes[i].append(result)
+                history[i].append(result)
         if self.options.passes >= 3:  # the mean of the three; two passes serve the second's (module docstring)
-            for i, each in passes.items():
+            for i, each in history.items():
                 results[i] = mean_landmarks(each)
         t0 = time.perf_counter()
         faces_out = [

@@ -39,6 +39,12 @@ def test_invalid_settings_exit_with_a_message(monkeypatch):
         create_app()
 
 
+def test_the_replaced_second_pass_setting_stops_the_start_and_names_its_successor(monkeypatch):
+    monkeypatch.setenv("LANDMARKS_SECOND_PASS", "false")
+    with pytest.raises(SystemExit, match="LANDMARKS_SECOND_PASS was replaced by LANDMARKS_PASSES: true is 2 passes"):
+        create_app()
+
+
 def test_a_metrics_port_in_use_stops_the_start_with_one_line(tiny_checkpoint, monkeypatch):
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
