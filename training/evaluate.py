@@ -30,7 +30,7 @@ from model.geometry import as_box, box_from_points
 from model.inference import load_for_inference
 from model.landmarker import Landmarker
 from model.landmarks import GROUPS
-from model.pipeline import FaceBox, Pipeline, PipelineOptions, caller_faces
+from model.pipeline import MAX_PASSES, FaceBox, Pipeline, PipelineOptions, caller_faces
 from model.pose import DEFAULT_HEAD_MODEL, HeadModel, PoseFit
 from model.render import draw_landmarks
 from training.cli import run_cli
@@ -374,13 +374,14 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--passes",
         type=int,
+        choices=range(1, MAX_PASSES + 1),
         default=1,
         help="network passes per detected face (the service's LANDMARKS_PASSES, default 2 there): each after the "
         "first re-crops the face from the last pass's landmarks",
     )
     p.add_argument("--second-pass", dest="passes", action="store_const", const=2, help="the same as --passes 2")
     p.add_argument(
-        "--align", action="store_true", help="rotate crops upright (detector: YuNet's eyes; 2nd pass: 68 pts)"
+        "--align", action="store_true", help="rotate crops upright (detector: YuNet's eyes; later passes: 68 pts)"
     )
     p.add_argument(
         "--head-model",
