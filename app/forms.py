@@ -1,5 +1,5 @@
 """The request form: the multipart body read into memory under a byte limit (413 before the whole body is read),
-and the one parser of each text field (``boxes``, ``max_faces``), every failure a 400.
+and the one parser of each text field (``boxes``, ``max_faces``, ``passes``), every failure a 400.
 
 Starlette's form parser spools file parts over 1 MB to a temporary file; image bytes must never touch the disk,
 so the body is read here with a hard cap and parsed in memory with python-multipart.
@@ -15,7 +15,7 @@ from starlette.requests import ClientDisconnect, Request
 
 from app.errors import ServiceError
 from model.geometry import Box
-from model.pipeline import boxes_from_json
+from model.pipeline import MAX_PASSES, boxes_from_json
 
 MAX_PARTS = 16
 
@@ -137,6 +137,19 @@ def parse_max_faces(raw: str | None, limit: int) -> int:
         raise ServiceError(400, "invalid_max_faces", "`max_faces` must be an integer") from None
     if not 1 <= value <= limit:
         raise ServiceError(400, "invalid_max_faces", f"`max_faces` must be between 1 and {limit}")
+    return value
+
+
+def parse_passes(raw: str | None, default: int) -> int:
+    """Network passes per detected face for this request (default: ``LANDMARKS_PASSES``)."""
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        value = int(raw.strip())
+    except ValueError:
+        raise ServiceError(400, "invalid_passes", "`passes` must be an integer") from None
+    if not 1 <= value <= MAX_PASSES:
+        raise ServiceError(400, "invalid_passes", f"`passes` must be between 1 and {MAX_PASSES}")
     return value
 
 

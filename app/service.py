@@ -109,13 +109,17 @@ class LandmarkService:
     async def _off_loop(self, fn: Callable[[], T]) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._pool, fn)
 
-    async def landmarks(self, data: bytes, boxes: list[Box] | None, max_faces: int, deadline: float) -> Prediction:
-        """One uploaded image through the pipeline (the route has accepted the request already)."""
+    async def landmarks(
+        self, data: bytes, boxes: list[Box] | None, max_faces: int, deadline: float, passes: int | None = None
+    ) -> Prediction:
+        """One uploaded image through the pipeline (the route has accepted the request already); ``passes``
+        per detected face (default: the pipeline's)."""
 
         def steps(image: Image) -> Steps:
             if boxes is not None:
                 check_boxes(boxes, image.shape[1], image.shape[0])
-            return self.pipeline.steps(image, None if boxes is None else caller_faces(boxes), max_faces)
+            faces = None if boxes is None else caller_faces(boxes)
+            return self.pipeline.steps(image, faces, max_faces, passes=passes)
 
         return await self._serve(data, steps, deadline)
 

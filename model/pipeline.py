@@ -283,10 +283,19 @@ class Pipeline:
         return [face_crop(image, f, self.input_size) for f in framings]
 
     def steps(
-        self, image: Image, faces: Sequence[FaceBox] | None = None, max_faces: int | None = None, pose: bool = True
+        self,
+        image: Image,
+        faces: Sequence[FaceBox] | None = None,
+        max_faces: int | None = None,
+        pose: bool = True,
+        passes: int | None = None,
     ) -> Steps:
         """The whole path for one photo; ``faces`` ``None`` runs the detector. Yields crops, receives landmarks.
-        ``pose=False`` leaves the pose to the caller (video fits it to the smoothed points)."""
+        ``pose=False`` leaves the pose to the caller (video fits it to the smoothed points); ``passes`` per
+        detected face (default: the options')."""
+        passes = self.options.passes if passes is None else passes
+        if not 1 <= passes <= MAX_PASSES:
+            raise ValueError(f"passes must be 1 to {MAX_PASSES}, not {passes}")
         timings: dict[str, float] = {}
         if faces is None:
             t0 = time.perf_counter()
@@ -300,7 +309,7 @@ class Pipeline:
         check_count(results, crops)
         again = [i for i, f in enumerate(faces) if f.source == "detector"]
         history: dict[int, list[Landmarks]] = {i: [results[i]] for i in again}
-        for _ in range(self.options.passes - 1 if again else 0):
+        for _ in range(passes - 1 if again else 0):
             for i in again:
                 framings[i] = refine(results[i].points, self.options.align)
             t0 = time.perf_counter()
@@ -311,7 +320,7 @@ class Pipeline:
             for i, result in zip(again, later, strict=True):
                 results[i] = result
                 history[i].append(result)
-        if self.options.passes >= 3:  # the mean of the three; two passes serve the second's (module docstring)
+        if passes >= 3:  # the mean of the three; two passes serve the second's (module docstring)
             for i, each in history.items():
                 results[i] = mean_landmarks(each)
         t0 = time.perf_counter()

@@ -99,6 +99,9 @@ def test_request_id_is_echoed(client, face_png):
         ({"max_faces": "0"}, "invalid_max_faces"),
         ({"max_faces": "1000"}, "invalid_max_faces"),
         ({"max_faces": "1", "boxes": json.dumps([BOX, BOX])}, "invalid_boxes"),
+        ({"passes": "two"}, "invalid_passes"),
+        ({"passes": "0"}, "invalid_passes"),
+        ({"passes": "4"}, "invalid_passes"),
     ],
 )
 def test_malformed_fields_are_400(client, face_png, fields, code):

@@ -34,12 +34,14 @@ def test_upload_fuzz_only_documented_statuses(tiny_checkpoint):
             image=st.one_of(st.none(), image_field),
             boxes=boxes_field,
             max_faces=max_faces_field,
+            passes=max_faces_field,
             filename=st.text(max_size=12),
             content_type=st.sampled_from(["image/png", "text/plain", ""]),
         )
-        def check(image, boxes, max_faces, filename, content_type):
+        def check(image, boxes, max_faces, passes, filename, content_type):
             files = {"image": (filename or "x", image, content_type)} if image is not None else None
-            data = {k: v for k, v in {"boxes": boxes, "max_faces": max_faces}.items() if v is not None}
+            fields = {"boxes": boxes, "max_faces": max_faces, "passes": passes}
+            data = {k: v for k, v in fields.items() if v is not None}
             response = fuzz_client.post("/landmarks", files=files, data=data or None)
             assert response.status_code in DOCUMENTED, (response.status_code, response.text)
             if response.status_code != 200:

@@ -12,6 +12,7 @@ from model.artifacts import SHIPPED_CHECKPOINT
 from model.engine import EngineOptions
 from model.imaging import ImageError
 from model.landmarker import read_image
+from model.pipeline import PipelineOptions
 from tests.app.conftest import open_client, png_bytes
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -34,6 +35,24 @@ def test_landmarker_equals_the_service_on_the_portrait():
     assert ours.pose.pose.yaw == pytest.approx(theirs["pose"]["yaw"], abs=0.01)
     boxed = landmarker(ASTRONAUT, boxes=[(150, 60, 330, 280)])
     assert boxed.faces[0].source == "caller"
+
+
+@needs_checkpoint
+def test_a_requests_passes_give_the_landmarker_with_those_passes():
+    engine = EngineOptions(device="cpu", precision="fp32")
+    with open_client(SHIPPED_CHECKPOINT, precision="fp32") as client:
+        answers = {
+            p: client.post("/landmarks", files={"image": ("a.jpg", ASTRONAUT.read_bytes())}, data={"passes": str(p)})
+            for p in (1, 3)
+        }
+    for p, answer in answers.items():
+        assert answer.status_code == 200, answer.text
+        result = model.Landmarker.load(options=PipelineOptions(passes=p), engine=engine)(ASTRONAUT)
+        served = answer.json()["faces"][0]
+        np.testing.assert_allclose(result.faces[0].landmarks.points, served["landmarks"], atol=1e-3)
+        np.testing.assert_allclose(result.faces[0].landmarks.confidence, served["confidence"], atol=1e-4)
+    one, three = (np.array(answers[p].json()["faces"][0]["landmarks"]) for p in (1, 3))
+    assert 0 < np.abs(one - three).max() < 10  # the passes moved the points, by pixels, not by a face
 
 
 @needs_checkpoint
