@@ -129,27 +129,25 @@ def parse_boxes(raw: str | None, max_faces: int) -> list[Box] | None:
 
 
 def parse_max_faces(raw: str | None, limit: int) -> int:
-    if raw is None or raw.strip() == "":
-        return limit
-    try:
-        value = int(raw.strip())
-    except ValueError:
-        raise ServiceError(400, "invalid_max_faces", "`max_faces` must be an integer") from None
-    if not 1 <= value <= limit:
-        raise ServiceError(400, "invalid_max_faces", f"`max_faces` must be between 1 and {limit}")
-    return value
+    """Most faces for this request (default and upper limit: ``LANDMARKS_MAX_FACES``)."""
+    return _bounded_int(raw, "max_faces", limit, limit)
 
 
 def parse_passes(raw: str | None, default: int) -> int:
     """Network passes per detected face for this request (default: ``LANDMARKS_PASSES``)."""
+    return _bounded_int(raw, "passes", MAX_PASSES, default)
+
+
+def _bounded_int(raw: str | None, field: str, most: int, default: int) -> int:
+    """An integer form field from 1 to ``most`` (``default`` when absent or blank); else 400 ``invalid_<field>``."""
     if raw is None or raw.strip() == "":
         return default
     try:
         value = int(raw.strip())
     except ValueError:
-        raise ServiceError(400, "invalid_passes", "`passes` must be an integer") from None
-    if not 1 <= value <= MAX_PASSES:
-        raise ServiceError(400, "invalid_passes", f"`passes` must be between 1 and {MAX_PASSES}")
+        raise ServiceError(400, f"invalid_{field}", f"`{field}` must be an integer") from None
+    if not 1 <= value <= most:
+        raise ServiceError(400, f"invalid_{field}", f"`{field}` must be between 1 and {most}")
     return value
 
 
