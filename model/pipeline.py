@@ -62,8 +62,7 @@ class PipelineOptions:
     max_faces: int = 10  # the detector's faces kept per photo, largest first (a call may ask for fewer)
 
     def __post_init__(self) -> None:
-        if not 1 <= self.passes <= MAX_PASSES:
-            raise ValueError(f"passes must be 1 to {MAX_PASSES}, not {self.passes}")
+        check_passes(self.passes)
 
 
 @dataclass(frozen=True)
@@ -205,6 +204,13 @@ def refine(points: NDArray[np.floating], aligned: bool) -> Framing:
 Offload = Callable[[Callable[[], list[Crop] | PhotoResult]], Awaitable[list[Crop] | PhotoResult]]
 
 
+def check_passes(passes: int) -> int:
+    """``passes`` if it is a pass count the pipeline runs (1 to :data:`MAX_PASSES`), else ``ValueError``."""
+    if not 1 <= passes <= MAX_PASSES:
+        raise ValueError(f"passes must be 1 to {MAX_PASSES}, not {passes}")
+    return passes
+
+
 def mean_landmarks(passes: Sequence[Landmarks]) -> Landmarks:
     """One face's passes combined: the mean of their points, confidences and stage-1 points."""
     if len(passes) == 1:
@@ -293,9 +299,7 @@ class Pipeline:
         """The whole path for one photo; ``faces`` ``None`` runs the detector. Yields crops, receives landmarks.
         ``pose=False`` leaves the pose to the caller (video fits it to the smoothed points); ``passes`` per
         detected face (default: the options')."""
-        passes = self.options.passes if passes is None else passes
-        if not 1 <= passes <= MAX_PASSES:
-            raise ValueError(f"passes must be 1 to {MAX_PASSES}, not {passes}")
+        passes = self.options.passes if passes is None else check_passes(passes)
         timings: dict[str, float] = {}
         if faces is None:
             t0 = time.perf_counter()

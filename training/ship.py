@@ -250,7 +250,8 @@ def card(weights: Path, text: CardText, version: str | None = None) -> str:
     counts = " | ".join(f"{yaw['stage2'][k + '_count']:.0f}" for k in keys[:-1])
     notes = f"\n## Notes on this run\n\n{run_notes.strip()}\n" if run_notes.strip() else ""
     header = "| set | normalisation | stage | NME mean % | NME median % | AUC@0.07 % | fail@0.07 % | fail@0.10 % |"
-    detector_header = "| set | normalisation | found | GT boxes % | detector, 1 pass % | detector, 2 passes % |"
+    served = PipelineOptions().passes
+    detector_header = f"| set | normalisation | found | GT boxes % | detector, 1 pass % | detector, {served} passes % |"
     return f"""# Shipped model: `{CHECKPOINT}`
 
 {about.strip()}
@@ -306,7 +307,7 @@ the val splits (ground-truth boxes) with no convention, the set's own, and the s
 ## With the service's detector (YuNet)
 
 NME of the faces the detector finds, with ground-truth boxes and with the detector's boxes (one pass, and the
-service's default two, the second re-framed from the first's landmarks; `report_*_detector*/`):
+service's default {served}, each after the first re-framed from the previous pass's landmarks; `report_*_detector*/`):
 
 {detector_header}
 |---|---|---|---|---|---|
