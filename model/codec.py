@@ -143,19 +143,15 @@ def encode(points: Tensor, size: int, sigma: float) -> Tensor:
 DECODE_BLUR_SIGMA = 1.0
 
 
-@functools.cache  # a handful of keys: the served sigma, the heatmap side, a dtype or two, a device
-def _blur_matrix(sigma: float, size: int, dtype: torch.dtype, device: torch.device) -> Tensor:
+@functools.lru_cache(maxsize=16)
+def _blur_matrix(sigma: float, size: int) -> np.ndarray:
     """``(size, size)`` banded matrix ``B`` with ``(B @ x)[i] = sum_j g(i - j) x[j]``: a 1-D Gaussian blur of radius
-    ``ceil(2 sigma)``, taps normalised to sum 1, zeros beyond the edges. Made once per key, on the device: the
-    eager warm-up before a CUDA graph is captured makes it, so the captured decode copies nothing from the host
-    (a host-to-device copy is not allowed while a stream captures, nor safe to replay), and no call after the
-    first pays the copy. Never evicted, since a captured graph keeps reading it."""
+    ``ceil(2 sigma)``, taps normalised to sum 1, zeros beyond the edges."""
     radius = max(1, int(np.ceil(2 * sigma)))
     taps = np.exp(-(np.arange(-radius, radius + 1) ** 2) / (2 * sigma**2))
     taps /= taps.sum()
     offset = np.arange(size)[None, :] - np.arange(size)[:, None]  # j - i
-    matrix = np.where(np.abs(offset) <= radius, taps[np.clip(offset + radius, 0, 2 * radius)], 0.0)
-    return torch.as_tensor(matrix, dtype=dtype, device=device)
+    return np.where(np.abs(offset) <= radius, taps[np.clip(offset + radius, 0, 2 * radius)], 0.0)
 
 
 def smooth(heatmaps: Tensor, sigma: float) -> Tensor:
@@ -170,8 +166,8 @@ def smooth(heatmaps: Tensor, sigma: float) -> Tensor:
     if sigma <= 0:
         return heatmaps
     h, w = heatmaps.shape[-2:]
-    rows = _blur_matrix(sigma, h, heatmaps.dtype, heatmaps.device)
-    cols = _blur_matrix(sigma, w, heatmaps.dtype, heatmaps.device)
+    rows = torch.as_tensor(_blur_matrix(sigma, h), dtype=heatmaps.dtype, device=heatmaps.device)
+    cols = torch.as_tensor(_blur_matrix(sigma, w), dtype=heatmaps.dtype, device=heatmaps.device)
     return rows @ heatmaps @ cols.T
 
 

@@ -38,18 +38,6 @@ def test_smooth_is_identity_at_zero_linear_and_keeps_mass_inside():
     assert blurred[0, 1].sum() == pytest.approx(-1.0, abs=1e-6)  # linear: negative values are smoothed too
 
 
-def test_smoothing_copies_its_matrices_to_the_device_once(monkeypatch):
-    maps = torch.rand(2, 68, 32, 32)
-    first = smooth(maps, 1.0)
-
-    def no_host_copy(*args, **kwargs):  # what a CUDA graph's capture of the decode forbids
-        raise AssertionError("smooth copied a matrix from the host again")
-
-    monkeypatch.setattr(torch, "as_tensor", no_host_copy)
-    torch.testing.assert_close(smooth(maps, 1.0), first)
-    torch.testing.assert_close(smooth(maps + 1, 1.0), first + smooth(torch.ones_like(maps), 1.0))
-
-
 def test_smoothing_near_the_edge_pulls_inward_by_at_most_a_tenth_of_a_pixel():
     x = torch.linspace(1.5, 4.0, 11)
     points = torch.stack([x, torch.full_like(x, 16.0)], dim=-1)[None]  # (1, 11, 2) nearing the left edge
