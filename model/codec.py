@@ -154,24 +154,45 @@ def _blur_matrix(sigma: float, size: int) -> np.ndarray:
     return np.where(np.abs(offset) <= radius, taps[np.clip(offset + radius, 0, 2 * radius)], 0.0)
 
 
-def smooth(heatmaps: Tensor, sigma: float) -> Tensor:
+BlurMatrices = tuple[Tensor, Tensor]  # (rows B_h, columns B_w) of :func:`smooth`
+
+
+def blur_matrices(sigma: float, h: int, w: int, device: torch.device | str = "cpu") -> BlurMatrices | None:
+    """The float32 ``(B_h, B_w)`` that :func:`smooth` applies to ``(..., h, w)`` maps at ``sigma``, on ``device``;
+    None for ``sigma`` 0 (no smoothing). An engine that replays its decode in a CUDA graph makes them once at load
+    and passes them to :func:`decode`, so that the captured decode copies nothing from the host."""
+    if sigma <= 0:
+        return None
+    with torch.inference_mode(False):  # plain tensors, usable outside inference mode too (export, training)
+        rows, cols = (torch.tensor(_blur_matrix(sigma, n), dtype=torch.float32, device=device) for n in (h, w))
+    return rows, cols
+
+
+def smooth(heatmaps: Tensor, sigma: float, matrices: BlurMatrices | None = None) -> Tensor:
     """``(..., h, w)`` maps blurred by a separable Gaussian of ``sigma`` heatmap pixels (radius ``ceil(2 sigma)``,
     zeros beyond the edges), a linear filter that commutes with mirroring the maps; ``sigma`` 0 returns them
     unchanged. Two batched products with banded matrices, ``B_h @ x @ B_w.T``: on a CPU a 1-channel convolution
-    per map cost 3.5 ms per face of 68 maps, the products 0.3 ms.
+    per map cost 3.5 ms per face of 68 maps, the products 0.3 ms. ``matrices``: those products' matrices made by
+    :func:`blur_matrices` for this ``sigma`` and map size, on the maps' device (default: made from the host on
+    every call).
 
     Zeros beyond the edge pull a peak near it slightly inward (at sigma 1, a clean peak 2 px from the edge moves
     0.016 px, 1.5 px from it 0.05 px); replicating the edge instead moved the arg-max onto the border pixel, up to
     0.9 px."""
     if sigma <= 0:
         return heatmaps
-    h, w = heatmaps.shape[-2:]
-    rows = torch.as_tensor(_blur_matrix(sigma, h), dtype=heatmaps.dtype, device=heatmaps.device)
-    cols = torch.as_tensor(_blur_matrix(sigma, w), dtype=heatmaps.dtype, device=heatmaps.device)
+    if matrices is None:
+        h, w = heatmaps.shape[-2:]
+        rows = torch.as_tensor(_blur_matrix(sigma, h), dtype=heatmaps.dtype, device=heatmaps.device)
+        cols = torch.as_tensor(_blur_matrix(sigma, w), dtype=heatmaps.dtype, device=heatmaps.device)
+    else:
+        rows, cols = (m.to(heatmaps.dtype) for m in matrices)
     return rows @ heatmaps @ cols.T
 
 
-def decode(heatmaps: Tensor, blur_sigma: float = DECODE_BLUR_SIGMA) -> tuple[Tensor, Tensor]:
+def decode(
+    heatmaps: Tensor, blur_sigma: float = DECODE_BLUR_SIGMA, matrices: BlurMatrices | None = None
+) -> tuple[Tensor, Tensor]:
     """Sub-pixel peak location and peak height of each heatmap, batched, on the heatmaps' device.
 
     Each map is first smoothed by a small Gaussian (:data:`DECODE_BLUR_SIGMA`, :func:`smooth`); the integer
@@ -187,6 +208,8 @@ def decode(heatmaps: Tensor, blur_sigma: float = DECODE_BLUR_SIGMA) -> tuple[Ten
     Args:
         heatmaps: ``(..., K, h, w)``.
         blur_sigma: the smoothing's standard deviation in heatmap pixels; 0 decodes the raw maps.
+        matrices: the smoothing's matrices for ``blur_sigma`` (:func:`blur_matrices`), made once by a caller that
+            must not copy from the host here (a CUDA graph's capture); default: made on every call.
 
     Returns:
         points ``(..., K, 2)`` float32 (x, y) in heatmap pixels; peak ``(..., K)`` float32 in [0, 1].
@@ -194,7 +217,7 @@ def decode(heatmaps: Tensor, blur_sigma: float = DECODE_BLUR_SIGMA) -> tuple[Ten
     raw = heatmaps.float()
     *lead, h, w = raw.shape
     peak = raw.reshape(-1, h * w).amax(dim=1)
-    flat = smooth(raw, blur_sigma).reshape(-1, h * w)
+    flat = smooth(raw, blur_sigma, matrices).reshape(-1, h * w)
     idx = flat.argmax(dim=1)
     ys = torch.div(idx, w, rounding_mode="floor")
     xs = idx - ys * w

@@ -23,7 +23,7 @@ from model.checkpoint import (
     decode_blur_from_metadata,
     load_checkpoint,
 )
-from model.codec import DECODE_BLUR_SIGMA, Calibration, Convention, confidence, decode
+from model.codec import DECODE_BLUR_SIGMA, BlurMatrices, Calibration, Convention, blur_matrices, confidence, decode
 from model.config import ModelConfig
 from model.engine import Crop, EngineOptions, Landmarks, NamedModel, blank_crops
 from model.geometry import heatmap_to_crop
@@ -190,8 +190,16 @@ class InferenceModel(NamedModel):
     cuda_graphs: bool = False
     max_batch_size: int = 64
     _graphs: CudaGraphs | None = field(default=None, init=False, repr=False)
+    _blur: BlurMatrices | None = field(default=None, init=False, repr=False)
+    _mirror: Tensor | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
+        # The decode's constants, made on the device once: the graph-captured _heads must copy nothing from the
+        # host (a copy during capture is refused, and one replayed would read a freed buffer).
+        size = self.config.input_size // self.config.heatmap_stride
+        self._blur = blur_matrices(self.decode_blur, size, size, self.device)
+        with torch.inference_mode(False):
+            self._mirror = torch.tensor(MIRROR, dtype=torch.long, device=self.device)
         if self.cuda_graphs and self.device.type == "cuda":
             shape = (self.config.input_size, self.config.input_size, 3)
             self._graphs = CudaGraphs(self._heads, shape, self.device, self.max_batch_size)
@@ -218,9 +226,10 @@ class InferenceModel(NamedModel):
         with self._autocast():
             heatmaps = self.net(x)
             if self.flip_test:
-                heatmaps = _average_with_flip(heatmaps, self.net(x.flip(-1)))
-        points, peak = decode(heatmaps.refined, self.decode_blur)
-        coarse_points, coarse_peak = decode(heatmaps.coarse, self.decode_blur)
+                assert self._mirror is not None
+                heatmaps = _average_with_flip(heatmaps, self.net(x.flip(-1)), self._mirror)
+        points, peak = decode(heatmaps.refined, self.decode_blur, self._blur)
+        coarse_points, coarse_peak = decode(heatmaps.coarse, self.decode_blur, self._blur)
         return points, peak, coarse_points, coarse_peak
 
     def finish(self, heads: Heads, inverse: Tensor, with_coarse: bool) -> list[Tensor]:
@@ -303,16 +312,16 @@ class ExportGraph(nn.Module):
         return points, conf, coarse
 
 
-def _average_with_flip(plain: Heatmaps, flipped: Heatmaps) -> Heatmaps:
-    """Mirror the heatmaps of the flipped crop back (column u -> w - 1 - u, landmark i -> MIRROR[i]) and average.
+def _average_with_flip(plain: Heatmaps, flipped: Heatmaps, mirror: Tensor) -> Heatmaps:
+    """Mirror the heatmaps of the flipped crop back (column u -> w - 1 - u, landmark i -> ``mirror[i]``, the
+    :data:`MIRROR` permutation as a tensor on the heatmaps' device) and average.
 
     Exact under the pixel convention of :mod:`model.geometry`: flipping an S-pixel crop maps crop x to S - 1 - x
     and therefore heatmap u to S / r - 1 - u.
     """
-    index = list(MIRROR)
 
     def back(h: Tensor) -> Tensor:
-        return h.flip(-1)[:, index]
+        return h.flip(-1).index_select(1, mirror)
 
     return Heatmaps((plain.coarse + back(flipped.coarse)) / 2, (plain.refined + back(flipped.refined)) / 2)
 

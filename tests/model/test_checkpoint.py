@@ -2,6 +2,8 @@ import dataclasses
 
 import pytest
 import torch
+from torch.utils import _pytree as pytree
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from model.artifacts import CheckpointError
 from model.checkpoint import calibration_from_metadata, decode_blur_from_metadata, load_checkpoint, save_checkpoint
@@ -183,3 +185,43 @@ def test_decode_blur_comes_from_the_metadata_and_is_validated():
     for bad in (float("nan"), float("inf"), -1.0, "wide", None):
         with pytest.raises(CheckpointError, match="decode_blur_sigma"):
             decode_blur_from_metadata({"decode_blur_sigma": bad})
+
+
+class _HostTensorWatch(TorchDispatchMode):
+    """Records op inputs that no earlier op made and that are not in ``known``: tensors built from host data
+    (numpy arrays, Python lists) during the call. On CUDA each one is a host-to-device copy, which a CUDA graph's
+    capture refuses; CPU has no graphs, so the captured function is checked for such tensors here instead."""
+
+    def __init__(self, known: list[torch.Tensor]) -> None:
+        super().__init__()
+        self.seen = {t.untyped_storage().data_ptr() for t in known}
+        self.strangers: list[str] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        for value in pytree.tree_leaves((args, kwargs or {})):
+            if isinstance(value, torch.Tensor) and value.untyped_storage().data_ptr() not in self.seen:
+                self.strangers.append(f"{func} {tuple(value.shape)}")
+                self.seen.add(value.untyped_storage().data_ptr())
+        out = func(*args, **(kwargs or {}))
+        for value in pytree.tree_leaves(out):
+            if isinstance(value, torch.Tensor):
+                self.seen.add(value.untyped_storage().data_ptr())
+        return out
+
+
+@pytest.mark.parametrize("flip_test", [False, True])
+def test_graph_captured_heads_copy_nothing_from_the_host(tiny_checkpoint, flip_test):
+    """What a CUDA graph captures (decode's smoothing and the flip's landmark permutation included) uses only its
+    input, the weights and constants the engine made at load."""
+    engine = load_for_inference(tiny_checkpoint, EngineOptions(device="cpu", precision="fp32", flip_test=flip_test))
+    assert engine.decode_blur > 0  # the smoothing is on, so its matrices are in play
+    crops = torch.randint(0, 255, (2, 64, 64, 3), dtype=torch.uint8)
+    known = [crops, *engine.net.parameters(), *engine.net.buffers(), *(engine._blur or ()), engine._mirror]
+    with torch.inference_mode(), _HostTensorWatch(known) as watch:
+        heads = engine._heads(crops)
+    assert watch.strangers == []
+    eager = load_for_inference(tiny_checkpoint, EngineOptions(device="cpu", precision="fp32", flip_test=flip_test))
+    eager._blur = None  # the per-call matrices: same numbers
+    with torch.inference_mode():
+        for a, b in zip(heads, eager._heads(crops), strict=True):
+            torch.testing.assert_close(a, b)
