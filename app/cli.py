@@ -41,7 +41,7 @@ from model.geometry import Box
 from model.imaging import ImageError, decode_image
 from model.landmarker import Landmarker
 from model.landmarks import format_pts
-from model.pipeline import Image, box_problem, boxes_from_json
+from model.pipeline import MAX_PASSES, Image, box_problem, boxes_from_json
 from model.tracking import TrackOptions
 
 PHOTO_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
@@ -123,10 +123,13 @@ def build_landmarker(settings: Settings, max_faces: int) -> Landmarker:
 class Annotator:
     """A :class:`model.Landmarker` for a command-line run; :meth:`run` annotates photos in groups."""
 
-    def __init__(self, settings: Settings, landmarker: Landmarker, boxes: list[Box] | None) -> None:
+    def __init__(
+        self, settings: Settings, landmarker: Landmarker, boxes: list[Box] | None, passes: int | None = None
+    ) -> None:
         self.settings = settings
         self.landmarker = landmarker
         self.boxes = boxes
+        self.passes = passes
 
     def decode(self, photo: Path) -> tuple[Image, float]:
         t0 = time.perf_counter()
@@ -153,7 +156,9 @@ class Annotator:
                     continue
                 decoded.append((photo, image, decode_ms))
             results = self.landmarker.many(
-                [image for _, image, _ in decoded], None if self.boxes is None else [self.boxes] * len(decoded)
+                [image for _, image, _ in decoded],
+                None if self.boxes is None else [self.boxes] * len(decoded),
+                passes=self.passes,
             )
             for (photo, image, decode_ms), result in zip(decoded, results, strict=True):
                 timings = {"decode": round(decode_ms, 3), **{k: round(v, 3) for k, v in result.timings_ms.items()}}
@@ -225,6 +230,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--recursive", action="store_true", help="search folders' sub-folders too")
     parser.add_argument("--boxes", help="JSON array of [x1, y1, x2, y2] face boxes for every photo; skips detection")
     parser.add_argument("--max-faces", help="most faces per photo")
+    parser.add_argument("--passes", type=int, choices=range(1, MAX_PASSES + 1), metavar="{1,2,3}",
+                        help="network passes per face (default: LANDMARKS_PASSES for detected faces, 1 for --boxes; "
+                        "2 for boxes from another face detector)")  # fmt: skip
     parser.add_argument("--checkpoint", type=Path, help="overrides LANDMARKS_CHECKPOINT")
     parser.add_argument("--device", help="overrides LANDMARKS_DEVICE")
     parser.add_argument("--runtime", choices=["torch", "onnxruntime"], help="overrides LANDMARKS_RUNTIME")
@@ -267,7 +275,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         landmarker = build_landmarker(settings, max_faces)
-        annotator = Annotator(settings, landmarker, boxes)
+        annotator = Annotator(settings, landmarker, boxes, args.passes)
     except (CheckpointError, DetectorError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 3

@@ -130,18 +130,20 @@ def parse_boxes(raw: str | None, max_faces: int) -> list[Box] | None:
 
 def parse_max_faces(raw: str | None, limit: int) -> int:
     """Most faces for this request (default and upper limit: ``LANDMARKS_MAX_FACES``)."""
-    return _bounded_int(raw, "max_faces", limit, limit)
+    value = _bounded_int(raw, "max_faces", limit)
+    return limit if value is None else value
 
 
-def parse_passes(raw: str | None, default: int) -> int:
-    """Network passes per detected face for this request (default: ``LANDMARKS_PASSES``)."""
-    return _bounded_int(raw, "passes", MAX_PASSES, default)
+def parse_passes(raw: str | None) -> int | None:
+    """Network passes per face for this request; ``None`` when absent: the pipeline's defaults
+    (``LANDMARKS_PASSES`` for detected faces, one for caller boxes; :meth:`model.pipeline.Pipeline.passes_for`)."""
+    return _bounded_int(raw, "passes", MAX_PASSES)
 
 
-def _bounded_int(raw: str | None, field: str, most: int, default: int) -> int:
-    """An integer form field from 1 to ``most`` (``default`` when absent or blank); else 400 ``invalid_<field>``."""
+def _bounded_int(raw: str | None, field: str, most: int) -> int | None:
+    """An integer form field from 1 to ``most`` (``None`` when absent or blank); else 400 ``invalid_<field>``."""
     if raw is None or raw.strip() == "":
-        return default
+        return None
     try:
         value = int(raw.strip())
     except ValueError:

@@ -113,7 +113,7 @@ class LandmarkService:
         self, data: bytes, boxes: list[Box] | None, max_faces: int, deadline: float, passes: int | None = None
     ) -> Prediction:
         """One uploaded image through the pipeline (the route has accepted the request already); ``passes``
-        per detected face (default: the pipeline's)."""
+        per face (default: the pipeline's, :meth:`model.pipeline.Pipeline.passes_for`)."""
 
         def steps(image: Image) -> Steps:
             if boxes is not None:

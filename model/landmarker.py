@@ -113,19 +113,27 @@ class Landmarker:
         return cls(loaded, pipeline, engine.max_batch_size)
 
     def __call__(
-        self, image: ImageInput, boxes: Sequence[Box] | None = None, channels: Channels = "rgb"
+        self,
+        image: ImageInput,
+        boxes: Sequence[Box] | None = None,
+        channels: Channels = "rgb",
+        passes: int | None = None,
     ) -> PhotoResult:
         """One photo's faces: the detector's (largest first, at most ``max_faces``), or one per box in ``boxes``
-        (``[x1, y1, x2, y2]``, the tight box around a face's 68 points), in order."""
-        return self.many([image], None if boxes is None else [boxes], channels)[0]
+        (``[x1, y1, x2, y2]``, the tight box around a face's 68 points), in order. ``passes``: network passes
+        per face (default: the options' for detected faces, 1 for ``boxes``; boxes from another face detector
+        rather than from landmarks want 2, :meth:`model.pipeline.Pipeline.passes_for`)."""
+        return self.many([image], None if boxes is None else [boxes], channels, passes)[0]
 
     def many(
         self,
         images: Sequence[ImageInput],
         boxes: Sequence[Sequence[Box] | None] | None = None,
         channels: Channels = "rgb",
+        passes: int | None = None,
     ) -> list[PhotoResult]:
-        """Several photos, their faces batched through the network together (``batch_size`` faces a call)."""
+        """Several photos, their faces batched through the network together (``batch_size`` faces a call);
+        ``passes`` as in :meth:`__call__`."""
         if boxes is not None and len(boxes) != len(images):
             raise ValueError(f"{len(boxes)} box lists for {len(images)} images")
         photos: list[tuple[NDArray[np.uint8], list[FaceBox] | None]] = []
@@ -136,16 +144,19 @@ class Landmarker:
                 if problem:
                     raise ValueError(problem)
             photos.append((pixels, None if given is None else caller_faces(given)))
-        return self.run(photos)
+        return self.run(photos, passes=passes)
 
     def run(
-        self, photos: Sequence[tuple[NDArray[np.uint8], Sequence[FaceBox] | None]], with_coarse: bool = False
+        self,
+        photos: Sequence[tuple[NDArray[np.uint8], Sequence[FaceBox] | None]],
+        with_coarse: bool = False,
+        passes: int | None = None,
     ) -> list[PhotoResult]:
         """Decoded RGB photos, each with its faces (``None``: the detector's), their faces batched through the
         network (``batch_size`` a call). ``with_coarse`` also returns each face's stage-1 (H0) points, which
-        evaluation reports."""
+        evaluation reports; ``passes`` as in :meth:`__call__`."""
         infer = functools.partial(self.engine.infer, with_coarse=True) if with_coarse else self.engine.infer
-        return self.pipeline.run_many(photos, infer, self.batch_size)
+        return self.pipeline.run_many(photos, infer, self.batch_size, passes=passes)
 
     def track(
         self,

@@ -10,9 +10,10 @@ Stages, in order, each in one function here:
 3. **crop** — :func:`face_crop`: the ``S x S`` network input and its crop -> image affine (:class:`Crop`).
 4. **network** — an ``infer`` callable, ``list[Crop] -> list[Landmarks]`` in image pixels. The service passes its
    batcher; everything else passes :meth:`model.inference.InferenceModel.infer` (or the ONNX Runtime engine).
-5. **more passes** — detected faces only (a caller's box is taken as given): :func:`refine` re-frames each face
-   from the previous pass's landmarks (the tight box, upright in the face's own frame with ``align``) and the
-   face runs again, ``PipelineOptions.passes`` passes in all (default 2: the second pass; 1: none; 3: one more).
+5. **more passes** — :func:`refine` re-frames each face from the previous pass's landmarks (the tight box,
+   upright in the face's own frame with ``align``) and the face runs again, ``PipelineOptions.passes`` passes in
+   all for a detected face (default 2: the second pass; 1: none; 3: one more). A caller's box gets one unless the
+   call asks for more (:meth:`Pipeline.passes_for`): a tight landmark box needs none, another detector's box does.
    Two passes serve the second pass's points; three serve the mean of all three (:func:`mean_landmarks`): each
    saw the face in a different crop, and that mean was the best use of three passes on val, where averaging two
    passes gained nothing beyond noise (``benchmarks/results/passes.md``).
@@ -159,7 +160,7 @@ def boxes_from_json(raw: str) -> list[Box]:
 
 
 def caller_faces(boxes: Sequence[Box]) -> list[FaceBox]:
-    """The caller's boxes, one face each, in order (no second pass: a given box is taken as given)."""
+    """The caller's boxes, one face each, in order (one pass unless the call asks for more)."""
     return [FaceBox((float(b[0]), float(b[1]), float(b[2]), float(b[3])), "caller") for b in boxes]
 
 
@@ -285,6 +286,17 @@ class Pipeline:
         """How a face's first crop is framed: its box, and the detector's roll when crops are aligned."""
         return Framing(face.box, face.roll if self.options.align and face.source != "caller" else 0.0)
 
+    def passes_for(self, face: FaceBox, passes: int | None = None) -> int:
+        """Network passes for ``face``: a call's ``passes`` for detected faces and caller boxes alike; without
+        one, the options' for a detected face and one for a caller's box (the tight box of the 68 points, where a
+        second pass only adds noise: ``benchmarks/results/caller_boxes.md``; a box from another face detector
+        wants 2). A tracked face is framed from the last frame's points already: one."""
+        if face.source == "tracker":
+            return 1
+        if passes is not None:
+            return passes
+        return self.options.passes if face.source == "detector" else 1
+
     def crops(self, image: Image, framings: Sequence[Framing]) -> list[Crop]:
         return [face_crop(image, f, self.input_size) for f in framings]
 
@@ -297,25 +309,27 @@ class Pipeline:
         passes: int | None = None,
     ) -> Steps:
         """The whole path for one photo; ``faces`` ``None`` runs the detector. Yields crops, receives landmarks.
-        ``pose=False`` leaves the pose to the caller (video fits it to the smoothed points); ``passes`` per
-        detected face (default: the options')."""
-        passes = self.options.passes if passes is None else check_passes(passes)
+        ``pose=False`` leaves the pose to the caller (video fits it to the smoothed points); ``passes`` per face
+        (default: :meth:`passes_for`'s)."""
+        if passes is not None:
+            check_passes(passes)
         timings: dict[str, float] = {}
         if faces is None:
             t0 = time.perf_counter()
             faces = self.detect(image, max_faces)
             timings["detect"] = 1000 * (time.perf_counter() - t0)
+        counts = [self.passes_for(f, passes) for f in faces]
         framings = [self.framing(f) for f in faces]
         t0 = time.perf_counter()
         crops = self.crops(image, framings)
         timings["crop"] = 1000 * (time.perf_counter() - t0)
         results = (yield crops) if crops else []
         check_count(results, crops)
-        again = [i for i, f in enumerate(faces) if f.source == "detector"]
-        history: dict[int, list[Landmarks]] = {i: [results[i]] for i in again}
-        for _ in range(passes - 1 if again else 0):
-            for i in again:
-                framings[i] = refine(results[i].points, self.options.align)
+        history: dict[int, list[Landmarks]] = {i: [results[i]] for i, n in enumerate(counts) if n > 1}
+        for done in range(1, max(counts, default=1)):
+            again = [i for i, n in enumerate(counts) if n > done]
+            for i in again:  # caller boxes are never rotated (:meth:`framing`)
+                framings[i] = refine(results[i].points, self.options.align and faces[i].source != "caller")
             t0 = time.perf_counter()
             crops = self.crops(image, [framings[i] for i in again])
             timings["crop"] += 1000 * (time.perf_counter() - t0)
@@ -324,8 +338,8 @@ class Pipeline:
             for i, result in zip(again, later, strict=True):
                 results[i] = result
                 history[i].append(result)
-        if passes >= 3:  # the mean of the three; two passes serve the second's (module docstring)
-            for i, each in history.items():
+        for i, each in history.items():
+            if len(each) >= 3:  # the mean of the three; two passes serve the second's (module docstring)
                 results[i] = mean_landmarks(each)
         t0 = time.perf_counter()
         faces_out = [
@@ -348,10 +362,11 @@ class Pipeline:
         infer: Infer,
         batch_size: int,
         max_faces: int | None = None,
+        passes: int | None = None,
     ) -> list[PhotoResult]:
         """Several photos with their faces' crops batched together (``batch_size`` faces per ``infer`` call):
-        every photo's first pass, then every photo's second pass, and so on."""
-        running = [self.steps(image, faces, max_faces) for image, faces in photos]
+        every photo's first pass, then every photo's second pass, and so on (``passes`` as :meth:`steps`)."""
+        running = [self.steps(image, faces, max_faces, passes=passes) for image, faces in photos]
         outs = [advance(s, None) for s in running]
         while pending := [i for i, out in enumerate(outs) if not isinstance(out, PhotoResult)]:
             crops = [c for i in pending for c in outs[i]]  # type: ignore[union-attr]

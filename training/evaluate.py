@@ -94,12 +94,14 @@ def run(
     head: HeadModel | None = None,
     batch_size: int = 32,
     found: tuple[list[Sample], list[FaceBox]] | None = None,
+    passes: int | None = None,
 ) -> Evaluation:
     """Predict every sample's face through :class:`model.Landmarker` (the service's pipeline), as the service
     does: ``boxes`` ``gt`` or ``detector``; the options' passes (detected faces only), alignment and detector
     settings apply as they do in service (default: the service's options); with ``head``, each face's head pose
     too; ``batch_size`` faces a call. ``found``: :func:`find_faces`'s answer from an earlier call (the detector
-    run once for several evaluations of the same samples)."""
+    run once for several evaluations of the same samples). ``passes``: per face, caller boxes included, as a
+    request's ``passes`` field (default: the pipeline's, :meth:`model.pipeline.Pipeline.passes_for`)."""
     options = options or PipelineOptions()
     chosen, faces = found or find_faces(samples, boxes, options.detector)
     if not chosen:
@@ -112,7 +114,7 @@ def run(
     for start in range(0, len(chosen), step):
         part = zip(chosen[start : start + step], faces[start : start + step], strict=True)
         photos = [(load_image(s.image), [f]) for s, f in part]
-        for photo in landmarker.run(photos, with_coarse=True):
+        for photo in landmarker.run(photos, with_coarse=True, passes=passes):
             results.append(photo.faces[0].landmarks)
             poses.append(photo.faces[0].pose)
         bar.update(len(photos))

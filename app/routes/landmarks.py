@@ -37,7 +37,8 @@ FORM_SCHEMA: dict[str, Any] = {
                             "example": "[[120, 80, 330, 310]]",
                             "description": "optional JSON array of [x1, y1, x2, y2] pixel boxes, each the "
                             "tight box around one face's 68 points; skips detection and "
-                            "returns one face per box, in order",
+                            "returns one face per box, in order. Boxes from another face detector (dlib, "
+                            "MediaPipe, ...) rather than from landmarks: send passes=2 as well",
                         },
                         "max_faces": {
                             "type": "integer",
@@ -48,10 +49,11 @@ FORM_SCHEMA: dict[str, Any] = {
                             "type": "integer",
                             "minimum": 1,
                             "maximum": MAX_PASSES,
-                            "description": "network passes per detected face (default: LANDMARKS_PASSES, 2): each "
-                            "after the first re-crops the face from the previous pass's landmarks; 3 serves the "
-                            "mean of the three (more accurate on turned faces, about 1.4x the time). Caller boxes: "
-                            "always one pass",
+                            "description": "network passes per face (default: LANDMARKS_PASSES, 2, for detected "
+                            "faces; 1 for `boxes`): each after the first re-crops the face from the previous "
+                            "pass's landmarks; 3 serves the mean of the three (more accurate on turned faces, "
+                            "about 1.4x the time). With `boxes` from another face detector, 2 re-frames them "
+                            "the way the network was trained",
                         },
                     },
                 }
@@ -101,7 +103,7 @@ async def _run(request: Request, service: LandmarkService, deadline: float) -> P
         text_field(form["max_faces"].data, "max_faces") if "max_faces" in form else None, settings.max_faces
     )
     boxes = parse_boxes(text_field(form["boxes"].data, "boxes") if "boxes" in form else None, max_faces)
-    passes = parse_passes(text_field(form["passes"].data, "passes") if "passes" in form else None, settings.passes)
+    passes = parse_passes(text_field(form["passes"].data, "passes") if "passes" in form else None)
     return await service.landmarks(bytes(image.data), boxes, max_faces, deadline, passes)
 
 

@@ -47,12 +47,13 @@ def test_cli_gives_the_services_landmarks(tmp_path, tiny_checkpoint, monkeypatch
     data = path.read_bytes()
     monkeypatch.setenv("LANDMARKS_PRECISION", "fp32")
     with open_client(tiny_checkpoint, precision="fp32") as client:
-        for boxes in ("[[150, 60, 330, 280]]", None):  # caller boxes: one pass; detector: YuNet + second pass
+        # caller boxes: one pass, or two when asked; detector: YuNet + second pass
+        for boxes, passes in (("[[150, 60, 330, 280]]", None), ("[[150, 60, 330, 280]]", "2"), (None, None)):
             out = tmp_path / "out.jsonl"
-            extra = ["--boxes", boxes] if boxes else []
+            extra = (["--boxes", boxes] if boxes else []) + (["--passes", passes] if passes else [])
             assert main([str(path), "--jsonl", str(out), "--checkpoint", str(tiny_checkpoint), *extra]) == 0
             [cli_body] = lines(out)
-            form = {"boxes": boxes} if boxes else {}
+            form = ({"boxes": boxes} if boxes else {}) | ({"passes": passes} if passes else {})
             served = client.post("/landmarks", files={"image": ("f.jpg", data)}, data=form).json()
             assert len(served["faces"]) == 1
             assert len(cli_body["faces"]) == 1

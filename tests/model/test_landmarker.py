@@ -1,5 +1,6 @@
 """The library call: ``model.Landmarker`` gives the service's answer, takes every image form, runs the README."""
 
+import json
 import re
 from pathlib import Path
 
@@ -53,6 +54,26 @@ def test_a_requests_passes_give_the_landmarker_with_those_passes():
         np.testing.assert_allclose(result.faces[0].landmarks.confidence, served["confidence"], atol=1e-4)
     one, three = (np.array(answers[p].json()["faces"][0]["landmarks"]) for p in (1, 3))
     assert 0 < np.abs(one - three).max() < 10  # the passes moved the points, by pixels, not by a face
+
+
+@needs_checkpoint
+def test_caller_boxes_get_one_pass_unless_the_request_asks_for_more():
+    box = [150, 60, 330, 280]  # roughly the face, not the tight box of its landmarks (another detector's box)
+    fields = {"boxes": json.dumps([box])}
+    with open_client(SHIPPED_CHECKPOINT, precision="fp32") as client:
+        answers = [
+            client.post("/landmarks", files={"image": ("a.jpg", ASTRONAUT.read_bytes())}, data=form)
+            for form in (fields, {**fields, "passes": "2"})
+        ]
+    landmarker = model.Landmarker.load(engine=EngineOptions(device="cpu", precision="fp32"))
+    for answer, passes in zip(answers, (1, 2), strict=True):
+        assert answer.status_code == 200, answer.text
+        served = answer.json()["faces"][0]
+        result = landmarker(ASTRONAUT, boxes=[tuple(box)], passes=passes).faces[0]
+        np.testing.assert_allclose(result.landmarks.points, served["landmarks"], atol=1e-3)
+        assert result.source == "caller"
+    assert answers[0].json()["faces"][0]["box"] == pytest.approx(box)  # one pass: the box as given
+    assert answers[1].json()["faces"][0]["box"] != pytest.approx(box)  # two: re-framed from the landmarks
 
 
 @needs_checkpoint

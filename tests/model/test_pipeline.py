@@ -16,6 +16,7 @@ from model.pipeline import (
     Pipeline,
     PipelineOptions,
     caller_faces,
+    drive,
     drive_async,
     eye_roll,
     face_crop,
@@ -137,7 +138,27 @@ def test_a_third_pass_is_framed_from_the_second_and_the_points_are_the_mean_of_a
     np.testing.assert_allclose(face.landmarks.confidence, mean_confidence, atol=1e-6)
     infer, calls = recording(engine)
     pipeline.run(photo, infer, caller_faces([(40.0, 50.0, 200.0, 210.0)]))
-    assert [len(c) for c in calls] == [1]  # a caller's box: one pass whatever `passes` says
+    assert [len(c) for c in calls] == [1]  # a caller's box: one pass whatever the options say
+
+
+def test_a_caller_box_gets_more_passes_only_when_the_call_asks(engine, photo):
+    """A tight landmark box needs no second pass; another detector's box does, when the call says so."""
+    options = PipelineOptions(passes=3, align=True)
+    detector = FakeDetector([tilted((10.0, 10.0, 60.0, 60.0), 0.0)])
+    pipeline = Pipeline(options, engine.config.input_size, detector)
+    given = caller_faces([(40.0, 50.0, 200.0, 210.0)])
+    infer, calls = recording(engine)
+    face = drive(pipeline.steps(photo, given, passes=2), infer).faces[0]
+    assert [len(c) for c in calls] == [1, 1]
+    first, second = (engine.infer(c)[0] for c in calls)
+    assert face.source == "caller"
+    assert face.box == pytest.approx(refine(first.points, aligned=False).box)  # never rotated, even with align
+    np.testing.assert_allclose(face.landmarks.points, second.points, atol=1e-5)
+    infer, calls = recording(engine)
+    drive(pipeline.steps(photo, passes=1), infer)  # a call's count holds for detected faces too
+    assert [len(c) for c in calls] == [1]
+    with pytest.raises(ValueError, match="passes must be 1 to 3"):
+        drive(pipeline.steps(photo, given, passes=4), infer)
 
 
 @pytest.mark.parametrize("passes", [0, -1, 4])
