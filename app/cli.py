@@ -231,8 +231,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--boxes", help="JSON array of [x1, y1, x2, y2] face boxes for every photo; skips detection")
     parser.add_argument("--max-faces", help="most faces per photo")
     parser.add_argument("--passes", type=int, choices=range(1, MAX_PASSES + 1), metavar="{1,2,3}",
-                        help="network passes per face (default: LANDMARKS_PASSES for detected faces, 1 for --boxes; "
-                        "2 for boxes from another face detector)")  # fmt: skip
+                        help="network passes per face (default: LANDMARKS_PASSES for detected faces; for --boxes 1, "
+                        "and 2 where a box does not fit its face's landmarks)")  # fmt: skip
     parser.add_argument("--checkpoint", type=Path, help="overrides LANDMARKS_CHECKPOINT")
     parser.add_argument("--device", help="overrides LANDMARKS_DEVICE")
     parser.add_argument("--runtime", choices=["torch", "onnxruntime"], help="overrides LANDMARKS_RUNTIME")

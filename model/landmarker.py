@@ -121,8 +121,8 @@ class Landmarker:
     ) -> PhotoResult:
         """One photo's faces: the detector's (largest first, at most ``max_faces``), or one per box in ``boxes``
         (``[x1, y1, x2, y2]``, the tight box around a face's 68 points), in order. ``passes``: network passes
-        per face (default: the options' for detected faces, 1 for ``boxes``; boxes from another face detector
-        rather than from landmarks want 2, :meth:`model.pipeline.Pipeline.passes_for`)."""
+        per face (default: the options' for detected faces; for ``boxes`` one, and a second where a box does not
+        fit its face's landmarks, as another face detector's box does not; see ``Pipeline.passes_for``)."""
         return self.many([image], None if boxes is None else [boxes], channels, passes)[0]
 
     def many(

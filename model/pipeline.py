@@ -12,8 +12,9 @@ Stages, in order, each in one function here:
    batcher; everything else passes :meth:`model.inference.InferenceModel.infer` (or the ONNX Runtime engine).
 5. **more passes** — :func:`refine` re-frames each face from the previous pass's landmarks (the tight box,
    upright in the face's own frame with ``align``) and the face runs again, ``PipelineOptions.passes`` passes in
-   all for a detected face (default 2: the second pass; 1: none; 3: one more). A caller's box gets one unless the
-   call asks for more (:meth:`Pipeline.passes_for`): a tight landmark box needs none, another detector's box does.
+   all for a detected face (default 2: the second pass; 1: none; 3: one more). A caller's box gets one, and a
+   second when it frames the face unlike its landmarks' tight box (another detector's box), unless the call says
+   how many (:meth:`Pipeline.passes_for`).
    Two passes serve the second pass's points; three serve the mean of all three (:func:`mean_landmarks`): each
    saw the face in a different crop, and that mean was the best use of three passes on val, where averaging two
    passes gained nothing beyond noise (``benchmarks/results/passes.md``).
@@ -39,9 +40,9 @@ from typing import Literal
 import numpy as np
 from numpy.typing import NDArray
 
-from model.detector import Detection, DetectorOptions
+from model.detector import Detection, DetectorOptions, iou
 from model.engine import Crop, Image, Landmarks
-from model.geometry import Box, crop_matrix, invert, line_roll, warp
+from model.geometry import Box, as_box, box_from_points, crop_matrix, invert, line_roll, warp
 from model.landmarks import LEFT_EYE, RIGHT_EYE
 from model.pose import HeadModel, PoseFit, PoseOptions, estimate_pose
 
@@ -61,9 +62,15 @@ class PipelineOptions:
     detector: DetectorOptions = DetectorOptions()
     pose: PoseOptions = PoseOptions()  # how head pose is fitted (with a head model) and when it is refused
     max_faces: int = 10  # the detector's faces kept per photo, largest first (a call may ask for fewer)
+    # A caller's box (a call without ``passes``) whose IoU with the tight box of its first pass's landmarks is under
+    # this gets a second pass: it frames the face unlike the landmark box the network was trained on, as another
+    # face detector's box does. Chosen on val (``benchmarks/results/caller_boxes.md``); 0: never.
+    caller_reframe_iou: float = 0.85
 
     def __post_init__(self) -> None:
         check_passes(self.passes)
+        if not 0.0 <= self.caller_reframe_iou <= 1.0:
+            raise ValueError(f"caller_reframe_iou must be from 0 to 1, not {self.caller_reframe_iou}")
 
 
 @dataclass(frozen=True)
@@ -160,7 +167,7 @@ def boxes_from_json(raw: str) -> list[Box]:
 
 
 def caller_faces(boxes: Sequence[Box]) -> list[FaceBox]:
-    """The caller's boxes, one face each, in order (one pass unless the call asks for more)."""
+    """The caller's boxes, one face each, in order."""
     return [FaceBox((float(b[0]), float(b[1]), float(b[2]), float(b[3])), "caller") for b in boxes]
 
 
@@ -287,15 +294,24 @@ class Pipeline:
         return Framing(face.box, face.roll if self.options.align and face.source != "caller" else 0.0)
 
     def passes_for(self, face: FaceBox, passes: int | None = None) -> int:
-        """Network passes for ``face``: a call's ``passes`` for detected faces and caller boxes alike; without
-        one, the options' for a detected face and one for a caller's box (the tight box of the 68 points, where a
-        second pass only adds noise: ``benchmarks/results/caller_boxes.md``; a box from another face detector
-        wants 2). A tracked face is framed from the last frame's points already: one."""
+        """Network passes for ``face`` as a photo starts: a call's ``passes`` for detected faces and caller boxes
+        alike; without one, the options' for a detected face and one for a caller's box, which gets a second
+        after its first if :meth:`framed_unlike_landmarks` (the tight box of the 68 points needs none: there a
+        second pass only adds noise; another face detector's box does, ``benchmarks/results/caller_boxes.md``).
+        A tracked face is framed from the last frame's points already: one."""
         if face.source == "tracker":
             return 1
         if passes is not None:
             return passes
         return self.options.passes if face.source == "detector" else 1
+
+    def framed_unlike_landmarks(self, box: Box, points: NDArray[np.floating]) -> bool:
+        """Whether a caller's ``box`` frames its face unlike the tight box of the face's landmarks ``(68, 2)``
+        (IoU under ``caller_reframe_iou``): a box from another face detector rather than from landmarks."""
+        finite = points[np.isfinite(points).all(axis=1)]
+        if len(finite) == 0:
+            return False
+        return iou(box, as_box(box_from_points(finite))) < self.options.caller_reframe_iou
 
     def crops(self, image: Image, framings: Sequence[Framing]) -> list[Crop]:
         return [face_crop(image, f, self.input_size) for f in framings]
@@ -325,6 +341,10 @@ class Pipeline:
         timings["crop"] = 1000 * (time.perf_counter() - t0)
         results = (yield crops) if crops else []
         check_count(results, crops)
+        if passes is None:
+            for i, face in enumerate(faces):
+                if face.source == "caller" and self.framed_unlike_landmarks(face.box, results[i].points):
+                    counts[i] = 2
         history: dict[int, list[Landmarks]] = {i: [results[i]] for i, n in enumerate(counts) if n > 1}
         for done in range(1, max(counts, default=1)):
             again = [i for i, n in enumerate(counts) if n > done]

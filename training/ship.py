@@ -446,7 +446,8 @@ def main(args: argparse.Namespace) -> None:
     if args.reports_only:
         text = text_of_card((w / "README.md").read_text())
         evaluate_all(ckpt, w)
-        (w / "README.md").write_text(card(w, text, args.version))
+        version = args.version or load_checkpoint(ckpt)[2].get("version")  # the version it shipped under
+        (w / "README.md").write_text(card(w, text, version))
         print(f"re-measured {w}")
         return
     conventions.main(

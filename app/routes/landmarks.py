@@ -37,8 +37,8 @@ FORM_SCHEMA: dict[str, Any] = {
                             "example": "[[120, 80, 330, 310]]",
                             "description": "optional JSON array of [x1, y1, x2, y2] pixel boxes, each the "
                             "tight box around one face's 68 points; skips detection and "
-                            "returns one face per box, in order. Boxes from another face detector (dlib, "
-                            "MediaPipe, ...) rather than from landmarks: send passes=2 as well",
+                            "returns one face per box, in order. A box from another face detector (dlib, "
+                            "MediaPipe, ...) is re-framed from the first pass's landmarks by a second pass",
                         },
                         "max_faces": {
                             "type": "integer",
@@ -50,10 +50,10 @@ FORM_SCHEMA: dict[str, Any] = {
                             "minimum": 1,
                             "maximum": MAX_PASSES,
                             "description": "network passes per face (default: LANDMARKS_PASSES, 2, for detected "
-                            "faces; 1 for `boxes`): each after the first re-crops the face from the previous "
-                            "pass's landmarks; 3 serves the mean of the three (more accurate on turned faces, "
-                            "about 1.4x the time). With `boxes` from another face detector, 2 re-frames them "
-                            "the way the network was trained",
+                            "faces; for `boxes`, 1, and 2 where a box does not fit its face's landmarks, as "
+                            "another detector's box does not): each after the first re-crops the face from the "
+                            "previous pass's landmarks; 3 serves the mean of the three (more accurate on turned "
+                            "faces, about 1.4x the time)",
                         },
                     },
                 }

@@ -11,6 +11,7 @@ from PIL import Image
 import model
 from model.artifacts import SHIPPED_CHECKPOINT
 from model.engine import EngineOptions
+from model.geometry import box_from_points
 from model.imaging import ImageError
 from model.landmarker import read_image
 from model.pipeline import PipelineOptions
@@ -57,23 +58,28 @@ def test_a_requests_passes_give_the_landmarker_with_those_passes():
 
 
 @needs_checkpoint
-def test_caller_boxes_get_one_pass_unless_the_request_asks_for_more():
-    box = [150, 60, 330, 280]  # roughly the face, not the tight box of its landmarks (another detector's box)
-    fields = {"boxes": json.dumps([box])}
-    with open_client(SHIPPED_CHECKPOINT, precision="fp32") as client:
-        answers = [
-            client.post("/landmarks", files={"image": ("a.jpg", ASTRONAUT.read_bytes())}, data=form)
-            for form in (fields, {**fields, "passes": "2"})
-        ]
+def test_caller_boxes_are_re_framed_when_they_do_not_fit_the_landmarks_or_when_asked():
+    """A tight landmark box keeps one pass; a rough box (another detector's framing) gets a second by default;
+    a request's ``passes`` decides either way. Served answers equal the library's."""
     landmarker = model.Landmarker.load(engine=EngineOptions(device="cpu", precision="fp32"))
-    for answer, passes in zip(answers, (1, 2), strict=True):
-        assert answer.status_code == 200, answer.text
-        served = answer.json()["faces"][0]
-        result = landmarker(ASTRONAUT, boxes=[tuple(box)], passes=passes).faces[0]
-        np.testing.assert_allclose(result.landmarks.points, served["landmarks"], atol=1e-3)
-        assert result.source == "caller"
-    assert answers[0].json()["faces"][0]["box"] == pytest.approx(box)  # one pass: the box as given
-    assert answers[1].json()["faces"][0]["box"] != pytest.approx(box)  # two: re-framed from the landmarks
+    rough = (150.0, 60.0, 330.0, 280.0)  # roughly the face: forehead in, jaw cut
+    tight = tuple(
+        float(v) for v in box_from_points(landmarker(ASTRONAUT, boxes=[rough], passes=2).faces[0].landmarks.points)
+    )
+    cases = [(tight, None, tight), (rough, None, None), (rough, 1, rough), (tight, 2, None)]  # None: re-framed
+    with open_client(SHIPPED_CHECKPOINT, precision="fp32") as client:
+        for box, passes, kept in cases:
+            form = {"boxes": json.dumps([box])} | ({"passes": str(passes)} if passes else {})
+            answer = client.post("/landmarks", files={"image": ("a.jpg", ASTRONAUT.read_bytes())}, data=form)
+            assert answer.status_code == 200, answer.text
+            served = answer.json()["faces"][0]
+            result = landmarker(ASTRONAUT, boxes=[box], passes=passes).faces[0]
+            np.testing.assert_allclose(result.landmarks.points, served["landmarks"], atol=1e-3)
+            assert result.source == "caller"
+            if kept is not None:
+                assert served["box"] == pytest.approx(kept, abs=1e-3)  # one pass: the box as given
+            else:
+                assert served["box"] != pytest.approx(box)  # re-framed from the first pass's landmarks
 
 
 @needs_checkpoint

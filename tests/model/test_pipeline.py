@@ -137,12 +137,36 @@ def test_a_third_pass_is_framed_from_the_second_and_the_points_are_the_mean_of_a
     mean_confidence = (first.confidence + second.confidence + third.confidence) / 3
     np.testing.assert_allclose(face.landmarks.confidence, mean_confidence, atol=1e-6)
     infer, calls = recording(engine)
-    pipeline.run(photo, infer, caller_faces([(40.0, 50.0, 200.0, 210.0)]))
-    assert [len(c) for c in calls] == [1]  # a caller's box: one pass whatever the options say
+    never = Pipeline(PipelineOptions(passes=3, caller_reframe_iou=0.0), engine.config.input_size, detector)
+    never.run(photo, infer, caller_faces([(40.0, 50.0, 200.0, 210.0)]))
+    assert [len(c) for c in calls] == [1]  # a caller's box: the detected faces' pass count does not apply
 
 
-def test_a_caller_box_gets_more_passes_only_when_the_call_asks(engine, photo):
-    """A tight landmark box needs no second pass; another detector's box does, when the call says so."""
+def test_a_caller_box_unlike_its_landmarks_box_gets_a_second_pass(engine, photo):
+    """Without a call's count, a caller's box gets a second pass only when the tight box of its first pass's
+    landmarks overlaps it less than ``caller_reframe_iou`` (another detector's framing)."""
+    given = caller_faces([(40.0, 50.0, 200.0, 210.0)])
+    counts = {}
+    for threshold in (0.0, 1.0):  # never; always (no landmark box equals the given one exactly)
+        pipeline = Pipeline(PipelineOptions(caller_reframe_iou=threshold), engine.config.input_size)
+        infer, calls = recording(engine)
+        face = pipeline.run(photo, infer, given).faces[0]
+        counts[threshold] = [len(c) for c in calls]
+        first = engine.infer(calls[0])[0]
+        assert face.box == pytest.approx(given[0].box if threshold == 0 else refine(first.points, False).box)
+    assert counts == {0.0: [1], 1.0: [1, 1]}
+    pipeline = Pipeline(PipelineOptions(), engine.config.input_size)
+    points = np.array([[50.0 + 140 * (k % 9) / 8, 60.0 + 140 * (k // 9) / 7] for k in range(68)])
+    assert not pipeline.framed_unlike_landmarks((50.0, 60.0, 190.0, 200.0), points)  # its own tight box
+    assert not pipeline.framed_unlike_landmarks((48.0, 58.0, 192.0, 203.0), points)  # a few pixels off
+    assert pipeline.framed_unlike_landmarks((70.0, 40.0, 190.0, 180.0), points)  # a detector's: no jaw, forehead
+    assert not pipeline.framed_unlike_landmarks((0.0, 0.0, 1.0, 1.0), np.full((68, 2), np.nan))
+    with pytest.raises(ValueError, match="caller_reframe_iou"):
+        PipelineOptions(caller_reframe_iou=1.5)
+
+
+def test_a_calls_pass_count_holds_for_caller_boxes_too(engine, photo):
+    """A call's ``passes`` applies to caller boxes as to detected faces; caller boxes are never rotated."""
     options = PipelineOptions(passes=3, align=True)
     detector = FakeDetector([tilted((10.0, 10.0, 60.0, 60.0), 0.0)])
     pipeline = Pipeline(options, engine.config.input_size, detector)
@@ -167,8 +191,9 @@ def test_passes_out_of_range_are_refused(passes):
         PipelineOptions(passes=passes)
 
 
-def test_caller_boxes_run_once_and_keep_their_box(engine, photo):
-    pipeline = Pipeline(PipelineOptions(), engine.config.input_size, FakeDetector([]))
+def test_caller_boxes_skip_detection_and_keep_their_box(engine, photo):
+    # the tiny model's landmarks fit no box: with re-framing off, the box is kept as given
+    pipeline = Pipeline(PipelineOptions(caller_reframe_iou=0.0), engine.config.input_size, FakeDetector([]))
     infer, calls = recording(engine)
     boxes = [(40.0, 50.0, 200.0, 210.0)]
     result = pipeline.run(photo, infer, caller_faces(boxes))
