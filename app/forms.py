@@ -135,8 +135,8 @@ def parse_max_faces(raw: str | None, limit: int) -> int:
 
 
 def parse_passes(raw: str | None) -> int | None:
-    """Network passes per face for this request; ``None`` when absent: the pipeline's defaults
-    (``LANDMARKS_PASSES`` for detected faces, one for caller boxes; :meth:`model.pipeline.Pipeline.passes_for`)."""
+    """Network passes per face for this request; ``None`` when absent: the pipeline's defaults (``LANDMARKS_PASSES``
+    for detected faces; for caller boxes one, two where a box does not fit its landmarks: ``Pipeline.passes_for``)."""
     return _bounded_int(raw, "passes", MAX_PASSES)
 
 
