@@ -47,7 +47,7 @@ def test_cli_gives_the_services_landmarks(tmp_path, tiny_checkpoint, monkeypatch
     data = path.read_bytes()
     monkeypatch.setenv("LANDMARKS_PRECISION", "fp32")
     with open_client(tiny_checkpoint, precision="fp32") as client:
-        # caller boxes: one pass, or two when asked; detector: YuNet + second pass
+        # caller boxes by default and with --passes 2; detector: YuNet + second pass
         for boxes, passes in (("[[150, 60, 330, 280]]", None), ("[[150, 60, 330, 280]]", "2"), (None, None)):
             out = tmp_path / "out.jsonl"
             extra = (["--boxes", boxes] if boxes else []) + (["--passes", passes] if passes else [])
